@@ -1,0 +1,126 @@
+// The define-by-run tape: graph nodes, the grad-mode guard, a custom Function API for
+// user ops, and the float64 finite-difference gradient check.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "barbell/core/tensor.hpp"
+
+namespace barbell {
+
+// Is gradient recording on for this thread?
+bool grad_enabled();
+void set_grad_enabled(bool on);
+
+// Turns recording off for its scope (evaluation, optimizer updates).
+class NoGradGuard {
+ public:
+  NoGradGuard() : prev_(grad_enabled()) { set_grad_enabled(false); }
+  ~NoGradGuard() { set_grad_enabled(prev_); }
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+namespace autograd {
+
+// One node of the graph: it receives the gradient of its (single) output and returns
+// one gradient per input edge (undefined where an input needs none).
+class Node {
+ public:
+  Node();
+  virtual ~Node() = default;
+  virtual std::vector<Tensor> apply(const Tensor& grad_output) = 0;
+  virtual std::string name() const = 0;
+  // Frees saved tensors after a backward pass without retain_graph.
+  virtual void release() {}
+  bool released() const { return released_; }
+  void mark_released() { released_ = true; }
+
+  std::vector<std::shared_ptr<Node>> next;  // one per input, null when it needs no grad
+  uint64_t sequence_nr() const { return seq_; }
+
+ protected:
+  uint64_t seq_;
+  bool released_ = false;
+};
+
+// The sink of a leaf that requires grad: accumulates into .grad and runs the hooks.
+class AccumulateGrad : public Node {
+ public:
+  explicit AccumulateGrad(std::shared_ptr<TensorImpl> leaf) : leaf_(std::move(leaf)) {}
+  std::vector<Tensor> apply(const Tensor& grad_output) override;
+  std::string name() const override { return "AccumulateGrad"; }
+
+ private:
+  std::shared_ptr<TensorImpl> leaf_;
+};
+
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+// Records `out` as produced by `op` from `inputs` when grad mode is on and any input
+// requires grad; `backward` receives d(out) and returns d(inputs) in order. Tensors
+// the backward needs are captured by value, detached (see DESIGN: no graph cycles).
+// Returns true when a node was recorded.
+bool record(const char* op, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn backward);
+bool needs_grad(const std::vector<Tensor>& inputs);
+
+// Runs the graph below `roots` in reverse topological order.
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph = false);
+
+// A user-defined differentiable op. Subclass it:
+//   struct Square : Function<Square> {
+//     static Tensor forward(Context& ctx, const std::vector<Tensor>& in) {
+//       ctx.save(in[0]); return in[0] * in[0]; }
+//     static std::vector<Tensor> backward(Context& ctx, const Tensor& g) {
+//       return {g * ctx.saved(0) * 2.0}; }
+//   };
+//   Tensor y = Square::apply({x});
+class Context {
+ public:
+  void save(const Tensor& t) { saved_.push_back(t.detach()); }
+  const Tensor& saved(size_t i) const;
+  std::vector<double> scalars;  // free slots for non-tensor state
+  void clear() { saved_.clear(); }
+
+ private:
+  std::vector<Tensor> saved_;
+};
+
+template <typename Derived>
+struct Function {
+  static Tensor apply(const std::vector<Tensor>& inputs, const char* name = "custom_function") {
+    auto ctx = std::make_shared<Context>();
+    Tensor out;
+    {
+      NoGradGuard g;
+      out = Derived::forward(*ctx, inputs);
+    }
+    record(name, out, inputs, [ctx](const Tensor& grad) {
+      auto grads = Derived::backward(*ctx, grad);
+      return grads;
+    });
+    return out;
+  }
+};
+
+// Finite-difference check in float64: compares the gradient of sum(w * f(inputs))
+// (w fixed random weights) from backward() with central differences, for every
+// input that requires grad. Inputs must be F64.
+struct GradcheckResult {
+  bool ok = true;
+  double max_abs_error = 0;
+  double max_rel_error = 0;
+  std::string message;  // where the worst mismatch is, when !ok
+};
+GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f,
+                          const std::vector<Tensor>& inputs, double eps = 1e-6, double atol = 1e-6,
+                          double rtol = 1e-4);
+
+}  // namespace autograd
+}  // namespace barbell

@@ -1,0 +1,95 @@
+// The functional API: free functions over Tensor. Each checks shapes, dtypes and
+// devices, runs the backend kernel, and records its backward when grad is on.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "barbell/core/random.hpp"
+#include "barbell/core/tensor.hpp"
+
+namespace barbell {
+
+// Elementwise binary with numpy broadcasting; both operands share a dtype and device.
+Tensor add(const Tensor& a, const Tensor& b, double alpha = 1.0);  // a + alpha * b
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor pow(const Tensor& a, const Tensor& b);
+Tensor add(const Tensor& a, double b);
+Tensor mul(const Tensor& a, double b);
+Tensor pow(const Tensor& a, double exponent);
+Tensor rsub(const Tensor& a, double b);  // b - a
+Tensor rdiv(const Tensor& a, double b);  // b / a
+
+// Elementwise unary.
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor rsqrt(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor silu(const Tensor& x);
+enum class GeluApprox { None, Tanh };
+Tensor gelu(const Tensor& x, GeluApprox approx = GeluApprox::Tanh);
+Tensor abs(const Tensor& x);
+
+// Comparisons give Bool tensors; where() selects.
+Tensor eq(const Tensor& a, const Tensor& b);
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);
+
+// Reductions over `dims` (all dims when empty).
+Tensor sum(const Tensor& x, const Shape& dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const Shape& dims = {}, bool keepdim = false);
+Tensor max(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor max(const Tensor& x);
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);  // I64
+// Sum `x` down to `shape` (the inverse of broadcasting).
+Tensor sum_to(const Tensor& x, const Shape& shape);
+
+Tensor softmax(const Tensor& x, int64_t dim = -1);
+Tensor log_softmax(const Tensor& x, int64_t dim = -1);
+
+// a [..., M, K] @ b [..., K, N] with broadcast batch dims; 1-D operands are treated
+// as a row (a) or a column (b) vector as in numpy and dropped from the result.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// x [..., in] @ weight[out, in]^T + bias[out]
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// Normalizations over the last dim, statistics in float.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps = 1e-6);
+
+// weight [V, C], ids I32/I64 [...] -> [..., C]; ids out of [0, V) throw IndexError.
+Tensor embedding(const Tensor& ids, const Tensor& weight);
+// logits [..., V], targets I32/I64 [...]: mean over targets != ignore_index of
+// -log softmax(logits)[target]. Fused: the backward recomputes the softmax.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+Tensor dropout(const Tensor& x, double p, bool training = true, Generator* gen = nullptr);
+
+Tensor cat(const std::vector<Tensor>& xs, int64_t dim = 0);
+Tensor stack(const std::vector<Tensor>& xs, int64_t dim = 0);
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim = 0);
+std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);
+// Fills positions where mask (Bool, broadcast to x) is true with value.
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+// Lower-triangular Bool mask [rows, cols] (true on and below the diagonal).
+Tensor tril_mask(int64_t rows, int64_t cols, Device device = Device::cpu());
+
+// q [B, H, Tq, D], k, v [B, H, Tk, D] -> [B, H, Tq, D]. The plain reference:
+// softmax(q k^T * scale [+ causal mask]) v, composed from the ops above.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = false,
+                                    std::optional<double> scale = std::nullopt);
+
+// Fused AdamW step on one parameter (no autograd): param, grad, exp_avg, exp_avg_sq
+// are updated in place. `step` is 1-based.
+struct AdamWParams {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;
+};
+void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWParams& p);
+// Sum of squares of all elements of all tensors, as a float64 on the host.
+double sum_of_squares(const std::vector<Tensor>& xs);
+
+}  // namespace barbell

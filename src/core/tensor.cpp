@@ -1,0 +1,617 @@
+// Tensor: storage, accessors, views (recorded by autograd), copies, factories and
+// printing. Ops that compute live in src/ops.
+#include "barbell/core/tensor.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <ostream>
+
+#include "barbell/autograd/autograd.hpp"
+#include "barbell/ops/ops.hpp"
+#include "cpu/cpu.hpp"
+#include "cuda/runtime.hpp"
+
+namespace barbell {
+
+// ---- storage and devices ---------------------------------------------------
+
+Storage::~Storage() {
+  if (deleter_ && data_) deleter_(data_);
+}
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
+  if (device.is_cpu()) {
+    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    BB_CHECK(p != nullptr, Error, "allocate: out of host memory asking for {} bytes", nbytes);
+    return std::make_shared<Storage>(p, nbytes, device, [](void* q) { std::free(q); });
+  }
+  int idx = device.index();
+  void* p = cuda_rt::alloc(nbytes, idx);
+  return std::make_shared<Storage>(p, nbytes, device, [idx](void* q) { cuda_rt::free(q, idx); });
+}
+
+Device Device::parse(const std::string& s) {
+  if (s == "cpu") return cpu();
+  if (s == "cuda") return cuda(0);
+  if (s.rfind("cuda:", 0) == 0) {
+    const std::string num = s.substr(5);
+    bool digits = !num.empty() && std::all_of(num.begin(), num.end(), [](char c) { return c >= '0' && c <= '9'; });
+    BB_CHECK(digits, ValueError, "Device::parse: bad device '{}' (expected cpu, cuda or cuda:N)", s);
+    return cuda(std::stoi(num));
+  }
+  throw ValueError(fmt::format("Device::parse: bad device '{}' (expected cpu, cuda or cuda:N)", s));
+}
+
+namespace cuda {
+int device_count() { return cuda_rt::device_count(); }
+bool is_available() { return device_count() > 0; }
+}  // namespace cuda
+
+// ---- accessors --------------------------------------------------------------
+
+TensorImpl& Tensor::impl() const {
+  BB_CHECK(impl_ != nullptr, ValueError, "Tensor: use of an undefined tensor");
+  return *impl_;
+}
+
+int64_t Tensor::size(int64_t d) const { return shape()[wrap_dim(d, dim(), "Tensor::size")]; }
+int64_t Tensor::stride(int64_t d) const { return strides()[wrap_dim(d, dim(), "Tensor::stride")]; }
+
+bool Tensor::is_contiguous() const {
+  int64_t expected = 1;
+  for (int64_t i = dim() - 1; i >= 0; --i) {
+    if (shape()[i] == 1) continue;
+    if (strides()[i] != expected) return false;
+    expected *= shape()[i];
+  }
+  return true;
+}
+
+void* Tensor::data_ptr() const {
+  auto& im = impl();
+  return static_cast<char*>(im.storage->data()) + im.offset * static_cast<int64_t>(dtype_size(im.dtype));
+}
+
+double Tensor::item_double() const {
+  BB_CHECK(numel() == 1, ShapeError, "item: tensor of shape {} has {} elements, expected 1", shape_str(shape()),
+           numel());
+  return to_vector<double>()[0];
+}
+
+template <typename T>
+std::vector<T> Tensor::to_vector() const {
+  Tensor c = to(Device::cpu(), dtype_of<T>::value).contiguous();
+  const T* p = c.data<T>();
+  return std::vector<T>(p, p + c.numel());
+}
+template std::vector<float> Tensor::to_vector<float>() const;
+template std::vector<double> Tensor::to_vector<double>() const;
+template std::vector<int32_t> Tensor::to_vector<int32_t>() const;
+template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
+template std::vector<BFloat16> Tensor::to_vector<BFloat16>() const;
+template std::vector<Half> Tensor::to_vector<Half>() const;
+template <>
+std::vector<bool> Tensor::to_vector<bool>() const {
+  Tensor c = to(Device::cpu(), DType::Bool).contiguous();
+  const bool* p = c.data<bool>();
+  return std::vector<bool>(p, p + c.numel());
+}
+
+// ---- views --------------------------------------------------------------------
+
+namespace {
+Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset) {
+  auto im = std::make_shared<TensorImpl>();
+  im->storage = base.impl().storage;
+  im->shape = std::move(shape);
+  im->strides = std::move(strides);
+  im->offset = offset;
+  im->dtype = base.dtype();
+  return Tensor(im);
+}
+
+// Strides for viewing `t` as `shape` without a copy, or false when impossible.
+bool view_strides(const Tensor& t, const Shape& shape, Shape& out) {
+  if (t.is_contiguous()) {
+    out = contiguous_strides(shape);
+    return true;
+  }
+  // Match groups of old dims to groups of new dims with equal products; each old
+  // group must be contiguous within itself.
+  const Shape& os = t.shape();
+  const Shape& ost = t.strides();
+  out.assign(shape.size(), 0);
+  size_t i = 0, j = 0;
+  while (i < os.size() || j < shape.size()) {
+    if (i < os.size() && os[i] == 1) { ++i; continue; }
+    if (j < shape.size() && shape[j] == 1) { out[j] = 1; ++j; continue; }
+    if (i >= os.size() || j >= shape.size()) return false;
+    size_t i0 = i, j0 = j;
+    int64_t po = os[i++], pn = shape[j++];
+    while (po != pn) {
+      if (po < pn) { if (i >= os.size()) return false; po *= os[i++]; }
+      else { if (j >= shape.size()) return false; pn *= shape[j++]; }
+    }
+    for (size_t k = i0; k + 1 < i; ++k)
+      if (os[k + 1] != 1 && ost[k] != ost[k + 1] * os[k + 1]) return false;
+    int64_t st = ost[i - 1];
+    for (size_t k = j; k-- > j0;) { out[k] = st; st *= shape[k]; }
+  }
+  return true;
+}
+
+Shape infer_shape(const Shape& shape, int64_t numel, const char* op, const Shape& from) {
+  Shape s = shape;
+  int64_t known = 1, infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      BB_CHECK(infer < 0, ShapeError, "{}: more than one -1 in {}", op, shape_str(shape));
+      infer = static_cast<int64_t>(i);
+    } else {
+      BB_CHECK(s[i] >= 0, ShapeError, "{}: negative size in {}", op, shape_str(shape));
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) {
+    BB_CHECK(known > 0 && numel % known == 0, ShapeError, "{}: cannot view {} as {}", op, shape_str(from),
+             shape_str(shape));
+    s[infer] = numel / known;
+  }
+  BB_CHECK(shape_numel(s) == numel, ShapeError, "{}: cannot view {} ({} elements) as {}", op, shape_str(from), numel,
+           shape_str(shape));
+  return s;
+}
+}  // namespace
+
+Tensor Tensor::view(const Shape& shape_in) const {
+  Shape s = infer_shape(shape_in, numel(), "view", shape());
+  Shape st;
+  BB_CHECK(view_strides(*this, s, st), ShapeError,
+           "view: a tensor of shape {} with strides {} cannot be viewed as {} without a copy (use reshape)",
+           shape_str(shape()), shape_str(strides()), shape_str(s));
+  Tensor out = make_view(*this, s, st, offset());
+  Shape in_shape = shape();
+  autograd::record("view", out, {*this}, [in_shape](const Tensor& g) -> std::vector<Tensor> {
+    return {g.reshape(in_shape)};
+  });
+  return out;
+}
+
+Tensor Tensor::reshape(const Shape& shape_in) const {
+  Shape s = infer_shape(shape_in, numel(), "reshape", shape());
+  Shape st;
+  if (view_strides(*this, s, st)) return view(s);
+  return contiguous().view(s);
+}
+
+Tensor Tensor::flatten(int64_t start_dim, int64_t end_dim) const {
+  if (dim() == 0) return reshape({1});
+  int64_t s = wrap_dim(start_dim, dim(), "flatten"), e = wrap_dim(end_dim, dim(), "flatten");
+  BB_CHECK(s <= e, ValueError, "flatten: start_dim {} after end_dim {}", start_dim, end_dim);
+  Shape ns(shape().begin(), shape().begin() + s);
+  int64_t p = 1;
+  for (int64_t i = s; i <= e; ++i) p *= shape()[i];
+  ns.push_back(p);
+  ns.insert(ns.end(), shape().begin() + e + 1, shape().end());
+  return reshape(ns);
+}
+
+Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
+  int64_t a = wrap_dim(d0, dim(), "transpose"), b = wrap_dim(d1, dim(), "transpose");
+  Shape s = shape(), st = strides();
+  std::swap(s[a], s[b]);
+  std::swap(st[a], st[b]);
+  Tensor out = make_view(*this, s, st, offset());
+  autograd::record("transpose", out, {*this}, [a, b](const Tensor& g) -> std::vector<Tensor> {
+    return {g.transpose(a, b)};
+  });
+  return out;
+}
+
+Tensor Tensor::permute(const Shape& dims) const {
+  BB_CHECK(static_cast<int64_t>(dims.size()) == dim(), ShapeError, "permute: {} dims given for a tensor of shape {}",
+           dims.size(), shape_str(shape()));
+  Shape s(dims.size()), st(dims.size()), inv(dims.size());
+  std::vector<bool> seen(dims.size(), false);
+  for (size_t i = 0; i < dims.size(); ++i) {
+    int64_t d = wrap_dim(dims[i], dim(), "permute");
+    BB_CHECK(!seen[d], ShapeError, "permute: dim {} repeated in {}", d, shape_str(dims));
+    seen[d] = true;
+    s[i] = shape()[d];
+    st[i] = strides()[d];
+    inv[d] = static_cast<int64_t>(i);
+  }
+  Tensor out = make_view(*this, s, st, offset());
+  autograd::record("permute", out, {*this}, [inv](const Tensor& g) -> std::vector<Tensor> {
+    return {g.permute(inv)};
+  });
+  return out;
+}
+
+Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
+  int64_t a = wrap_dim(d, dim(), "narrow");
+  BB_CHECK(start >= 0 && length >= 0 && start + length <= shape()[a], IndexError,
+           "narrow: range [{}, {}) out of bounds for dim {} of a tensor of shape {}", start, start + length, a,
+           shape_str(shape()));
+  Shape s = shape();
+  s[a] = length;
+  Tensor out = make_view(*this, s, strides(), offset() + start * strides()[a]);
+  Shape in_shape = shape();
+  autograd::record("narrow", out, {*this}, [in_shape, a, start, length](const Tensor& g) -> std::vector<Tensor> {
+    Tensor z = zeros(in_shape, g.options());
+    z.narrow(a, start, length).copy_(g);
+    return {z};
+  });
+  return out;
+}
+
+Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
+  int64_t a = wrap_dim(d, dim(), "slice");
+  int64_t n = shape()[a];
+  if (start < 0) start += n;
+  if (end < 0) end += n;
+  start = std::clamp<int64_t>(start, 0, n);
+  end = std::clamp<int64_t>(end, start, n);
+  return narrow(a, start, end - start);
+}
+
+Tensor Tensor::select(int64_t d, int64_t index) const {
+  int64_t a = wrap_dim(d, dim(), "select");
+  int64_t n = shape()[a];
+  int64_t i = index < 0 ? index + n : index;
+  BB_CHECK(i >= 0 && i < n, IndexError, "select: index {} out of range for dim {} of size {}", index, a, n);
+  return narrow(a, i, 1).squeeze(a);
+}
+
+Tensor Tensor::unsqueeze(int64_t d) const {
+  int64_t a = wrap_dim(d, dim() + 1, "unsqueeze");
+  Shape s = shape(), st = strides();
+  int64_t stv = a < dim() ? strides()[a] * shape()[a] : 1;
+  s.insert(s.begin() + a, 1);
+  st.insert(st.begin() + a, stv);
+  Tensor out = make_view(*this, s, st, offset());
+  autograd::record("unsqueeze", out, {*this}, [a](const Tensor& g) -> std::vector<Tensor> { return {g.squeeze(a)}; });
+  return out;
+}
+
+Tensor Tensor::squeeze(int64_t d) const {
+  int64_t a = wrap_dim(d, dim(), "squeeze");
+  if (shape()[a] != 1) return *this;
+  Shape s = shape(), st = strides();
+  s.erase(s.begin() + a);
+  st.erase(st.begin() + a);
+  Tensor out = make_view(*this, s, st, offset());
+  autograd::record("squeeze", out, {*this}, [a](const Tensor& g) -> std::vector<Tensor> { return {g.unsqueeze(a)}; });
+  return out;
+}
+
+Tensor Tensor::squeeze() const {
+  Shape s;
+  for (auto v : shape())
+    if (v != 1) s.push_back(v);
+  return reshape(s);
+}
+
+Tensor Tensor::expand(const Shape& shape_in) const {
+  BB_CHECK(shape_in.size() >= shape().size(), ShapeError, "expand: cannot expand {} to fewer dims {}",
+           shape_str(shape()), shape_str(shape_in));
+  size_t lead = shape_in.size() - shape().size();
+  Shape s(shape_in.size()), st(shape_in.size());
+  for (size_t i = 0; i < shape_in.size(); ++i) {
+    if (i < lead) {
+      BB_CHECK(shape_in[i] >= 0, ShapeError, "expand: bad size in {}", shape_str(shape_in));
+      s[i] = shape_in[i];
+      st[i] = 0;
+      continue;
+    }
+    int64_t cur = shape()[i - lead];
+    int64_t want = shape_in[i] == -1 ? cur : shape_in[i];
+    BB_CHECK(cur == want || cur == 1, ShapeError, "expand: cannot expand {} to {}", shape_str(shape()),
+             shape_str(shape_in));
+    s[i] = want;
+    st[i] = cur == want ? strides()[i - lead] : 0;
+  }
+  Tensor out = make_view(*this, s, st, offset());
+  Shape in_shape = shape();
+  autograd::record("expand", out, {*this}, [in_shape](const Tensor& g) -> std::vector<Tensor> {
+    return {sum_to(g, in_shape)};
+  });
+  return out;
+}
+
+// ---- copies ---------------------------------------------------------------------
+
+namespace {
+// A differentiable copy into a fresh tensor of `dtype` on `device`.
+Tensor copy_to(const Tensor& src, Device device, DType dtype, const char* op) {
+  Tensor out = empty(src.shape(), {dtype, device});
+  if (src.device().is_cpu() && device.is_cpu()) {
+    cpu::copy(out, src);
+  } else {
+    // Between devices, bytes move contiguous and already in the target dtype.
+    Tensor s = src.device().is_cpu() ? src.to(dtype).contiguous() : src;
+    BB_CHECK(s.is_contiguous() && s.dtype() == dtype, DeviceError,
+             "{}: the CUDA backend cannot yet convert or make contiguous a tensor of shape {} ({})", op,
+             shape_str(src.shape()), dtype_name(src.dtype()));
+    if (device.is_cuda() && s.device().is_cpu()) cuda_rt::copy_h2d(out.data_ptr(), s.data_ptr(), out.nbytes(), device.index());
+    else if (device.is_cpu()) cuda_rt::copy_d2h(out.data_ptr(), s.data_ptr(), out.nbytes(), s.device().index());
+    else cuda_rt::copy_d2d(out.data_ptr(), s.data_ptr(), out.nbytes(), device.index());
+  }
+  Device src_dev = src.device();
+  DType src_dtype = src.dtype();
+  if (is_floating(dtype) && is_floating(src_dtype)) {
+    autograd::record(op, out, {src}, [src_dev, src_dtype](const Tensor& g) -> std::vector<Tensor> {
+      return {g.to(src_dev, src_dtype)};
+    });
+  }
+  return out;
+}
+}  // namespace
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return copy_to(*this, device(), dtype(), "contiguous");
+}
+
+Tensor Tensor::clone() const { return copy_to(*this, device(), dtype(), "clone"); }
+
+Tensor Tensor::to(DType t) const { return to(device(), t); }
+Tensor Tensor::to(Device d) const { return to(d, dtype()); }
+Tensor Tensor::to(Device d, DType t) const {
+  if (d == device() && t == dtype()) return *this;
+  return copy_to(*this, d, t, "to");
+}
+
+namespace {
+void check_inplace(const Tensor& t, const char* op) {
+  BB_CHECK(!(grad_enabled() && t.requires_grad()), ValueError,
+           "{}: in-place op on a tensor of shape {} that requires grad (use NoGradGuard or detach())", op,
+           shape_str(t.shape()));
+}
+void check_cpu(const Tensor& t, const char* op) {
+  BB_CHECK(t.is_cpu(), DeviceError, "{}: the CUDA backend does not implement this op yet (tensor on {})", op,
+           t.device().str());
+}
+}  // namespace
+
+Tensor& Tensor::copy_(const Tensor& src) {
+  check_inplace(*this, "copy_");
+  BB_CHECK(broadcast_shapes(shape(), src.shape(), "copy_") == shape(), ShapeError,
+           "copy_: source of shape {} does not broadcast to {}", shape_str(src.shape()), shape_str(shape()));
+  if (is_cpu() && src.is_cpu()) {
+    cpu::copy(*this, src);
+  } else {
+    Tensor s = src.to(device(), dtype());
+    BB_CHECK(is_contiguous() && s.is_contiguous() && s.shape() == shape(), DeviceError,
+             "copy_: the CUDA backend cannot yet copy {} into a strided {}", shape_str(src.shape()), shape_str(shape()));
+    cuda_rt::copy_d2d(data_ptr(), s.data_ptr(), nbytes(), device().index());
+  }
+  return *this;
+}
+
+Tensor& Tensor::fill_(double value) {
+  check_inplace(*this, "fill_");
+  check_cpu(*this, "fill_");
+  cpu::fill(*this, value);
+  return *this;
+}
+
+Tensor& Tensor::add_(const Tensor& other, double alpha) {
+  check_inplace(*this, "add_");
+  check_cpu(*this, "add_");
+  BB_CHECK(other.dtype() == dtype(), DTypeError, "add_: dtypes differ: self is {}, other is {}", dtype_name(dtype()),
+           dtype_name(other.dtype()));
+  BB_CHECK(broadcast_shapes(shape(), other.shape(), "add_") == shape(), ShapeError,
+           "add_: other of shape {} does not broadcast to {}", shape_str(other.shape()), shape_str(shape()));
+  cpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha);
+  return *this;
+}
+
+Tensor& Tensor::mul_(double value) {
+  check_inplace(*this, "mul_");
+  check_cpu(*this, "mul_");
+  cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value);
+  return *this;
+}
+
+void Tensor::set_data(const Tensor& other) {
+  auto& im = impl();
+  auto& o = other.impl();
+  im.storage = o.storage;
+  im.shape = o.shape;
+  im.strides = o.strides;
+  im.offset = o.offset;
+  im.dtype = o.dtype;
+}
+
+// ---- autograd glue -----------------------------------------------------------------
+
+Tensor& Tensor::requires_grad_(bool on) {
+  BB_CHECK(!on || is_floating(dtype()), DTypeError, "requires_grad_: only floating tensors can require grad, got {}",
+           dtype_name(dtype()));
+  BB_CHECK(is_leaf() || on, ValueError, "requires_grad_: cannot turn off grad on a non-leaf tensor (use detach())");
+  impl().requires_grad = on;
+  return *this;
+}
+
+void Tensor::set_grad(const Tensor& g) {
+  if (!g.defined()) {
+    impl().grad.reset();
+    return;
+  }
+  BB_CHECK(g.shape() == shape() && g.dtype() == dtype(), ShapeError,
+           "set_grad: grad of shape {} ({}) for a tensor of shape {} ({})", shape_str(g.shape()), dtype_name(g.dtype()),
+           shape_str(shape()), dtype_name(dtype()));
+  impl().grad = g.impl_ptr();
+}
+
+void Tensor::backward(const Tensor& grad, bool retain_graph) const {
+  autograd::backward({*this}, {grad}, retain_graph);
+}
+
+Tensor Tensor::detach() const {
+  auto im = std::make_shared<TensorImpl>();
+  auto& s = impl();
+  im->storage = s.storage;
+  im->shape = s.shape;
+  im->strides = s.strides;
+  im->offset = s.offset;
+  im->dtype = s.dtype;
+  return Tensor(im);
+}
+
+void Tensor::register_grad_ready_hook(GradHook hook) {
+  BB_CHECK(is_leaf() && requires_grad(), ValueError,
+           "register_grad_ready_hook: only leaf tensors that require grad have gradient-ready hooks");
+  impl().grad_ready_hooks.push_back(std::move(hook));
+}
+
+// ---- method forms of ops ---------------------------------------------------------------
+
+Tensor Tensor::sum() const { return barbell::sum(*this); }
+Tensor Tensor::sum(const Shape& dims, bool keepdim) const { return barbell::sum(*this, dims, keepdim); }
+Tensor Tensor::mean() const { return barbell::mean(*this); }
+Tensor Tensor::mean(const Shape& dims, bool keepdim) const { return barbell::mean(*this, dims, keepdim); }
+Tensor Tensor::exp() const { return barbell::exp(*this); }
+Tensor Tensor::log() const { return barbell::log(*this); }
+Tensor Tensor::sqrt() const { return barbell::sqrt(*this); }
+Tensor Tensor::pow(double e) const { return barbell::pow(*this, e); }
+Tensor Tensor::matmul(const Tensor& o) const { return barbell::matmul(*this, o); }
+
+Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+Tensor operator+(const Tensor& a, double b) { return add(a, b); }
+Tensor operator-(const Tensor& a, double b) { return add(a, -b); }
+Tensor operator*(const Tensor& a, double b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, double b) { return mul(a, 1.0 / b); }
+Tensor operator+(double a, const Tensor& b) { return add(b, a); }
+Tensor operator-(double a, const Tensor& b) { return rsub(b, a); }
+Tensor operator*(double a, const Tensor& b) { return mul(b, a); }
+Tensor operator/(double a, const Tensor& b) { return rdiv(b, a); }
+Tensor operator-(const Tensor& a) { return neg(a); }
+std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
+
+// ---- factories -------------------------------------------------------------------------
+
+Tensor empty(const Shape& shape, TensorOptions opts) {
+  for (auto d : shape) BB_CHECK(d >= 0, ShapeError, "empty: negative size in {}", shape_str(shape));
+  auto im = std::make_shared<TensorImpl>();
+  im->storage = Storage::allocate(static_cast<size_t>(shape_numel(shape)) * dtype_size(opts.dtype), opts.device);
+  im->shape = shape;
+  im->strides = contiguous_strides(shape);
+  im->dtype = opts.dtype;
+  Tensor t(im);
+  if (opts.requires_grad) t.requires_grad_(true);
+  return t;
+}
+
+Tensor full(const Shape& shape, double value, TensorOptions opts) {
+  if (opts.device.is_cuda()) {
+    Tensor h = full(shape, value, {opts.dtype, Device::cpu()});
+    Tensor t = h.to(opts.device);
+    if (opts.requires_grad) t.requires_grad_(true);
+    return t;
+  }
+  Tensor t = empty(shape, {opts.dtype, opts.device});
+  cpu::fill(t, value);
+  if (opts.requires_grad) t.requires_grad_(true);
+  return t;
+}
+Tensor zeros(const Shape& shape, TensorOptions opts) { return full(shape, 0.0, opts); }
+Tensor ones(const Shape& shape, TensorOptions opts) { return full(shape, 1.0, opts); }
+Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.options()); }
+Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.options()); }
+Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.options()); }
+Tensor scalar_tensor(double value, TensorOptions opts) { return full({}, value, opts); }
+
+Tensor arange(double start, double end, double step, TensorOptions opts) {
+  BB_CHECK(step != 0 && (end - start) / step >= 0, ValueError, "arange: bad range start={} end={} step={}", start, end,
+           step);
+  auto n = static_cast<int64_t>(std::ceil((end - start) / step));
+  std::vector<double> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = start + static_cast<double>(i) * step;
+  return from_vector(v, {n}, opts);
+}
+Tensor arange(int64_t end, TensorOptions opts) { return arange(0.0, static_cast<double>(end), 1.0, opts); }
+
+template <typename T>
+Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts) {
+  BB_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError,
+           "from_vector: {} values for shape {} ({} elements)", values.size(), shape_str(shape), shape_numel(shape));
+  // Wrap the host data without a copy, then convert (copy) into the requested tensor.
+  Tensor src = from_blob(const_cast<T*>(values.data()), shape, dtype_of<T>::value);
+  Tensor out = empty(shape, {opts.dtype, Device::cpu()});
+  cpu::copy(out, src);
+  if (opts.device.is_cuda()) out = out.to(opts.device);
+  if (opts.requires_grad) out.requires_grad_(true);
+  return out;
+}
+template Tensor from_vector<float>(const std::vector<float>&, const Shape&, TensorOptions);
+template Tensor from_vector<double>(const std::vector<double>&, const Shape&, TensorOptions);
+template Tensor from_vector<int32_t>(const std::vector<int32_t>&, const Shape&, TensorOptions);
+template Tensor from_vector<int64_t>(const std::vector<int64_t>&, const Shape&, TensorOptions);
+template Tensor from_vector<BFloat16>(const std::vector<BFloat16>&, const Shape&, TensorOptions);
+template Tensor from_vector<Half>(const std::vector<Half>&, const Shape&, TensorOptions);
+template <>
+Tensor from_vector<bool>(const std::vector<bool>& values, const Shape& shape, TensorOptions opts) {
+  std::vector<int32_t> v(values.begin(), values.end());
+  return from_vector(v, shape, opts);
+}
+
+Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device) {
+  auto im = std::make_shared<TensorImpl>();
+  im->storage = std::make_shared<Storage>(data, static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device,
+                                          nullptr);
+  im->shape = shape;
+  im->strides = contiguous_strides(shape);
+  im->dtype = dtype;
+  return Tensor(im);
+}
+
+// ---- printing ------------------------------------------------------------------------------
+
+namespace {
+void print_rec(std::string& s, const std::vector<double>& v, const Shape& shape, size_t d, int64_t base,
+               bool is_float, bool summarize) {
+  if (shape.empty()) {
+    s += is_float ? fmt::format("{:.4g}", v[0]) : fmt::format("{}", static_cast<int64_t>(v[0]));
+    return;
+  }
+  int64_t stride = 1;
+  for (size_t k = d + 1; k < shape.size(); ++k) stride *= shape[k];
+  s += '[';
+  int64_t n = shape[d];
+  for (int64_t i = 0; i < n; ++i) {
+    if (summarize && n > 6 && i == 3) {
+      s += "..., ";
+      i = n - 3;
+    }
+    if (d + 1 == shape.size()) {
+      double x = v[static_cast<size_t>(base + i)];
+      s += is_float ? fmt::format("{:.4g}", x) : fmt::format("{}", static_cast<int64_t>(x));
+    } else {
+      print_rec(s, v, shape, d + 1, base + i * stride, is_float, summarize);
+    }
+    if (i + 1 < n) s += d + 1 == shape.size() ? ", " : ",\n" + std::string(d + 8, ' ');
+  }
+  s += ']';
+}
+}  // namespace
+
+std::string Tensor::str() const {
+  if (!defined()) return "tensor(undefined)";
+  std::vector<double> v = to_vector<double>();
+  std::string s = "tensor(";
+  print_rec(s, v, shape(), 0, 0, is_floating(dtype()), numel() > 1000);
+  s += fmt::format(", shape={}, dtype={}", shape_str(shape()), dtype_name(dtype()));
+  if (!is_cpu()) s += ", device=" + device().str();
+  if (requires_grad()) s += ", requires_grad";
+  s += ')';
+  return s;
+}
+
+}  // namespace barbell

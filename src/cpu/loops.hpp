@@ -1,0 +1,69 @@
+// The strided N-operand loop every elementwise CPU kernel runs on: dims are
+// coalesced, then work is split into chunks of the innermost dim across OpenMP threads.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "barbell/core/shape.hpp"
+
+namespace barbell::cpu {
+
+template <size_t N>
+struct Plan {
+  Shape shape;                   // coalesced shape; never empty (a scalar is [1])
+  std::array<Shape, N> strides;  // per operand, in elements; 0 on broadcast dims
+};
+
+template <size_t N>
+Plan<N> make_plan(const Shape& shape, const std::array<Shape, N>& strides) {
+  Plan<N> p;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;
+    bool merge = !p.shape.empty();
+    for (size_t k = 0; k < N && merge; ++k) merge = p.strides[k].back() == strides[k][d] * shape[d];
+    if (merge) {
+      p.shape.back() *= shape[d];
+      for (size_t k = 0; k < N; ++k) p.strides[k].back() = strides[k][d];
+    } else {
+      p.shape.push_back(shape[d]);
+      for (size_t k = 0; k < N; ++k) p.strides[k].push_back(strides[k][d]);
+    }
+  }
+  if (p.shape.empty()) {
+    p.shape.push_back(1);
+    for (size_t k = 0; k < N; ++k) p.strides[k].push_back(1);
+  }
+  return p;
+}
+
+// Calls f(n, offsets, inner_strides) for runs of n elements along the innermost dim.
+template <size_t N, typename F>
+void run_plan(const Plan<N>& p, F&& f) {
+  const int64_t nd = static_cast<int64_t>(p.shape.size());
+  const int64_t inner = p.shape.back();
+  int64_t outer = 1;
+  for (int64_t d = 0; d < nd - 1; ++d) outer *= p.shape[d];
+  constexpr int64_t kChunk = 8192;
+  const int64_t chunks_per_row = (inner + kChunk - 1) / kChunk;
+  const int64_t tasks = outer * chunks_per_row;
+  std::array<int64_t, N> inner_st;
+  for (size_t k = 0; k < N; ++k) inner_st[k] = p.strides[k].back();
+#pragma omp parallel for schedule(static) if (outer * inner > 32768)
+  for (int64_t t = 0; t < tasks; ++t) {
+    int64_t row = t / chunks_per_row, c = t % chunks_per_row;
+    std::array<int64_t, N> off{};
+    int64_t r = row;
+    for (int64_t d = nd - 2; d >= 0; --d) {
+      int64_t i = r % p.shape[d];
+      r /= p.shape[d];
+      for (size_t k = 0; k < N; ++k) off[k] += i * p.strides[k][d];
+    }
+    int64_t start = c * kChunk;
+    int64_t n = std::min(kChunk, inner - start);
+    for (size_t k = 0; k < N; ++k) off[k] += start * inner_st[k];
+    f(n, off, inner_st);
+  }
+}
+
+}  // namespace barbell::cpu

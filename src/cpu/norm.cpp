@@ -1,0 +1,164 @@
+// CPU layernorm and rmsnorm over rows, forward and fused backward, float statistics.
+#include <cmath>
+#include <vector>
+
+#include "cpu/cpu.hpp"
+#include "cpu/dispatch.hpp"
+
+namespace barbell::cpu {
+
+void layer_norm(const Tensor& y, const Tensor& mean, const Tensor& rstd, const Tensor& x, const Tensor& w,
+                const Tensor& b, int64_t rows, int64_t n, double eps) {
+  dispatch_float(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    using S = std::conditional_t<std::is_same_v<T, double>, double, float>;  // statistics
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
+    const T* pb = b.defined() ? static_cast<const T*>(b.data_ptr()) : nullptr;
+    T* py = static_cast<T*>(y.data_ptr());
+    S* pm = static_cast<S*>(mean.data_ptr());
+    S* pr = static_cast<S*>(rstd.data_ptr());
+#pragma omp parallel for if (rows * n > 16384)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* in = px + r * n;
+      double s = 0, ss = 0;
+      for (int64_t i = 0; i < n; ++i) s += double(A(in[i]));
+      double mu = s / double(n);
+      for (int64_t i = 0; i < n; ++i) { double d = double(A(in[i])) - mu; ss += d * d; }
+      double rs = 1.0 / std::sqrt(ss / double(n) + eps);
+      pm[r] = S(mu);
+      pr[r] = S(rs);
+      for (int64_t i = 0; i < n; ++i) {
+        A v = A((double(A(in[i])) - mu) * rs);
+        if (pw) v = v * A(pw[i]);
+        if (pb) v = v + A(pb[i]);
+        py[r * n + i] = T(v);
+      }
+    }
+  });
+}
+
+void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const Tensor& dy, const Tensor& x,
+                         const Tensor& mean, const Tensor& rstd, const Tensor& w, int64_t rows, int64_t n) {
+  dispatch_float(x.dtype(), "layer_norm backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    using S = std::conditional_t<std::is_same_v<T, double>, double, float>;  // statistics
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* pdy = static_cast<const T*>(dy.data_ptr());
+    const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
+    const S* pm = static_cast<const S*>(mean.data_ptr());
+    const S* pr = static_cast<const S*>(rstd.data_ptr());
+    T* pdx = dx.defined() ? static_cast<T*>(dx.data_ptr()) : nullptr;
+    // dw/db: per-thread partial sums in double, reduced at the end.
+    std::vector<double> dw_acc(static_cast<size_t>(n), 0.0), db_acc(static_cast<size_t>(n), 0.0);
+#pragma omp parallel if (rows * n > 16384)
+    {
+      std::vector<double> dwl(static_cast<size_t>(n), 0.0), dbl(static_cast<size_t>(n), 0.0);
+#pragma omp for
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* in = px + r * n;
+        const T* g = pdy + r * n;
+        const double mu = pm[r], rs = pr[r];
+        double s1 = 0, s2 = 0;  // sum(dy*w), sum(dy*w*xhat)
+        for (int64_t i = 0; i < n; ++i) {
+          double xh = (double(A(in[i])) - mu) * rs;
+          double gw = double(A(g[i])) * (pw ? double(A(pw[i])) : 1.0);
+          s1 += gw;
+          s2 += gw * xh;
+          dwl[static_cast<size_t>(i)] += double(A(g[i])) * xh;
+          dbl[static_cast<size_t>(i)] += double(A(g[i]));
+        }
+        if (pdx) {
+          for (int64_t i = 0; i < n; ++i) {
+            double xh = (double(A(in[i])) - mu) * rs;
+            double gw = double(A(g[i])) * (pw ? double(A(pw[i])) : 1.0);
+            pdx[r * n + i] = T(A(rs * (gw - (s1 + xh * s2) / double(n))));
+          }
+        }
+      }
+#pragma omp critical
+      for (int64_t i = 0; i < n; ++i) {
+        dw_acc[static_cast<size_t>(i)] += dwl[static_cast<size_t>(i)];
+        db_acc[static_cast<size_t>(i)] += dbl[static_cast<size_t>(i)];
+      }
+    }
+    if (dw.defined()) {
+      T* p = static_cast<T*>(dw.data_ptr());
+      for (int64_t i = 0; i < n; ++i) p[i] = T(A(dw_acc[static_cast<size_t>(i)]));
+    }
+    if (db.defined()) {
+      T* p = static_cast<T*>(db.data_ptr());
+      for (int64_t i = 0; i < n; ++i) p[i] = T(A(db_acc[static_cast<size_t>(i)]));
+    }
+  });
+}
+
+void rms_norm(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& w, int64_t rows, int64_t n,
+              double eps) {
+  dispatch_float(x.dtype(), "rms_norm", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    using S = std::conditional_t<std::is_same_v<T, double>, double, float>;  // statistics
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
+    T* py = static_cast<T*>(y.data_ptr());
+    S* pr = static_cast<S*>(rstd.data_ptr());
+#pragma omp parallel for if (rows * n > 16384)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* in = px + r * n;
+      double ss = 0;
+      for (int64_t i = 0; i < n; ++i) ss += double(A(in[i])) * double(A(in[i]));
+      double rs = 1.0 / std::sqrt(ss / double(n) + eps);
+      pr[r] = S(rs);
+      for (int64_t i = 0; i < n; ++i) py[r * n + i] = T(A(double(A(in[i])) * rs * (pw ? double(A(pw[i])) : 1.0)));
+    }
+  });
+}
+
+void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& rstd,
+                       const Tensor& w, int64_t rows, int64_t n) {
+  dispatch_float(x.dtype(), "rms_norm backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using A = acc_t<T>;
+    using S = std::conditional_t<std::is_same_v<T, double>, double, float>;  // statistics
+    const T* px = static_cast<const T*>(x.data_ptr());
+    const T* pdy = static_cast<const T*>(dy.data_ptr());
+    const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
+    const S* pr = static_cast<const S*>(rstd.data_ptr());
+    T* pdx = dx.defined() ? static_cast<T*>(dx.data_ptr()) : nullptr;
+    std::vector<double> dw_acc(static_cast<size_t>(n), 0.0);
+#pragma omp parallel if (rows * n > 16384)
+    {
+      std::vector<double> dwl(static_cast<size_t>(n), 0.0);
+#pragma omp for
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* in = px + r * n;
+        const T* g = pdy + r * n;
+        const double rs = pr[r];
+        double s = 0;  // sum(dy*w*xhat)
+        for (int64_t i = 0; i < n; ++i) {
+          double xh = double(A(in[i])) * rs;
+          s += double(A(g[i])) * (pw ? double(A(pw[i])) : 1.0) * xh;
+          dwl[static_cast<size_t>(i)] += double(A(g[i])) * xh;
+        }
+        if (pdx) {
+          for (int64_t i = 0; i < n; ++i) {
+            double xh = double(A(in[i])) * rs;
+            double gw = double(A(g[i])) * (pw ? double(A(pw[i])) : 1.0);
+            pdx[r * n + i] = T(A(rs * (gw - xh * s / double(n))));
+          }
+        }
+      }
+#pragma omp critical
+      for (int64_t i = 0; i < n; ++i) dw_acc[static_cast<size_t>(i)] += dwl[static_cast<size_t>(i)];
+    }
+    if (dw.defined()) {
+      T* p = static_cast<T*>(dw.data_ptr());
+      for (int64_t i = 0; i < n; ++i) p[i] = T(A(dw_acc[static_cast<size_t>(i)]));
+    }
+  });
+}
+
+}  // namespace barbell::cpu

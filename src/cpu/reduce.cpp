@@ -1,0 +1,130 @@
+// CPU reductions over a [A, R, I] view (R reduced), accumulating in double, and
+// row-wise softmax / log_softmax with their backward.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/cpu.hpp"
+#include "cpu/dispatch.hpp"
+
+namespace barbell::cpu {
+
+void sum_dim(const Tensor& out, const Tensor& x, int64_t A, int64_t R, int64_t I, double scale) {
+  dispatch_all(x.dtype(), "sum", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* px = static_cast<const T*>(x.data_ptr());
+    auto write = [&](auto* po) {
+      using O = std::remove_pointer_t<decltype(po)>;
+      if (I == 1) {
+#pragma omp parallel for if (A * R > 32768)
+        for (int64_t a = 0; a < A; ++a) {
+          double acc = 0;
+          const T* row = px + a * R;
+          for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(static_cast<acc_t<T>>(row[r]));
+          po[a] = static_cast<O>(static_cast<acc_t<O>>(acc * scale));
+        }
+      } else {
+#pragma omp parallel for if (A * R * I > 32768)
+        for (int64_t a = 0; a < A; ++a) {
+          std::vector<double> acc(static_cast<size_t>(I), 0.0);
+          for (int64_t r = 0; r < R; ++r) {
+            const T* row = px + (a * R + r) * I;
+            for (int64_t i = 0; i < I; ++i) acc[static_cast<size_t>(i)] += static_cast<double>(static_cast<acc_t<T>>(row[i]));
+          }
+          for (int64_t i = 0; i < I; ++i)
+            po[a * I + i] = static_cast<O>(static_cast<acc_t<O>>(acc[static_cast<size_t>(i)] * scale));
+        }
+      }
+    };
+    if (out.dtype() == x.dtype()) write(static_cast<T*>(out.data_ptr()));
+    else write(static_cast<int64_t*>(out.data_ptr()));
+  });
+}
+
+void max_dim(const Tensor& values, const Tensor& indices, const Tensor& x, int64_t A, int64_t R, int64_t I) {
+  dispatch_all(x.dtype(), "max", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Acc = acc_t<T>;
+    const T* px = static_cast<const T*>(x.data_ptr());
+    T* pv = values.defined() ? static_cast<T*>(values.data_ptr()) : nullptr;
+    int64_t* pi = indices.defined() ? static_cast<int64_t*>(indices.data_ptr()) : nullptr;
+#pragma omp parallel for if (A * R * I > 32768)
+    for (int64_t a = 0; a < A; ++a) {
+      for (int64_t i = 0; i < I; ++i) {
+        Acc best = Acc(px[a * R * I + i]);
+        int64_t bi = 0;
+        for (int64_t r = 1; r < R; ++r) {
+          Acc v = Acc(px[(a * R + r) * I + i]);
+          // NaN wins, as in numpy: a max over data with a NaN is NaN.
+          if (v > best || (v != v && best == best)) { best = v; bi = r; }
+        }
+        if (pv) pv[a * I + i] = px[(a * R + bi) * I + i];
+        if (pi) pi[a * I + i] = bi;
+      }
+    }
+  });
+}
+
+void max_dim_backward(const Tensor& dx, const Tensor& dy, const Tensor& indices, int64_t A, int64_t R, int64_t I) {
+  fill(dx, 0.0);
+  dispatch_float(dx.dtype(), "max backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* pdx = static_cast<T*>(dx.data_ptr());
+    const T* pdy = static_cast<const T*>(dy.data_ptr());
+    const int64_t* pi = static_cast<const int64_t*>(indices.data_ptr());
+    for (int64_t a = 0; a < A; ++a)
+      for (int64_t i = 0; i < I; ++i) pdx[(a * R + pi[a * I + i]) * I + i] = pdy[a * I + i];
+  });
+}
+
+void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, bool log) {
+  dispatch_float(x.dtype(), log ? "log_softmax" : "softmax", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Acc = acc_t<T>;
+    const T* px = static_cast<const T*>(x.data_ptr());
+    T* py = static_cast<T*>(y.data_ptr());
+#pragma omp parallel for if (rows * n > 16384)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* in = px + r * n;
+      T* out = py + r * n;
+      Acc m = -std::numeric_limits<Acc>::infinity();
+      for (int64_t i = 0; i < n; ++i) m = std::max(m, Acc(in[i]));
+      if (m == -std::numeric_limits<Acc>::infinity()) m = 0;  // a fully masked row stays finite in exp
+      Acc s = 0;
+      for (int64_t i = 0; i < n; ++i) s += std::exp(Acc(in[i]) - m);
+      if (log) {
+        Acc lse = m + std::log(s);
+        for (int64_t i = 0; i < n; ++i) out[i] = T(Acc(in[i]) - lse);
+      } else {
+        Acc inv = Acc(1) / s;
+        for (int64_t i = 0; i < n; ++i) out[i] = T(std::exp(Acc(in[i]) - m) * inv);
+      }
+    }
+  });
+}
+
+void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, int64_t rows, int64_t n, bool log) {
+  dispatch_float(y.dtype(), log ? "log_softmax backward" : "softmax backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using Acc = acc_t<T>;
+    const T* pdy = static_cast<const T*>(dy.data_ptr());
+    const T* py = static_cast<const T*>(y.data_ptr());
+    T* pdx = static_cast<T*>(dx.data_ptr());
+#pragma omp parallel for if (rows * n > 16384)
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* g = pdy + r * n;
+      const T* o = py + r * n;
+      T* d = pdx + r * n;
+      Acc s = 0;
+      if (log) {
+        for (int64_t i = 0; i < n; ++i) s += Acc(g[i]);
+        for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(g[i]) - std::exp(Acc(o[i])) * s);
+      } else {
+        for (int64_t i = 0; i < n; ++i) s += Acc(g[i]) * Acc(o[i]);
+        for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(o[i]) * (Acc(g[i]) - s));
+      }
+    }
+  });
+}
+
+}  // namespace barbell::cpu

@@ -1,0 +1,45 @@
+// Checks shared by the ops: devices, dtypes and the backend switch.
+#pragma once
+
+#include <initializer_list>
+
+#include "barbell/autograd/autograd.hpp"
+#include "barbell/core/tensor.hpp"
+#include "barbell/ops/ops.hpp"
+
+namespace barbell::detail {
+
+inline void check_defined(const char* op, std::initializer_list<const Tensor*> ts) {
+  for (auto* t : ts) BB_CHECK(t->defined(), ValueError, "{}: an input tensor is undefined", op);
+}
+
+inline void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
+  BB_CHECK(a.device() == b.device(), DeviceError, "{}: tensors on different devices: {} ({}) and {} ({})", op,
+           a.device().str(), shape_str(a.shape()), b.device().str(), shape_str(b.shape()));
+}
+
+inline void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
+  BB_CHECK(a.dtype() == b.dtype(), DTypeError, "{}: dtypes differ: {} {} and {} {}", op, dtype_name(a.dtype()),
+           shape_str(a.shape()), dtype_name(b.dtype()), shape_str(b.shape()));
+}
+
+inline void check_floating(const char* op, const Tensor& a) {
+  BB_CHECK(is_floating(a.dtype()), DTypeError, "{}: expected a floating tensor, got {} {}", op, dtype_name(a.dtype()),
+           shape_str(a.shape()));
+}
+
+inline void check_index(const char* op, const Tensor& a) {
+  BB_CHECK(a.dtype() == DType::I32 || a.dtype() == DType::I64, DTypeError,
+           "{}: expected an index tensor (i32 or i64), got {} {}", op, dtype_name(a.dtype()), shape_str(a.shape()));
+}
+
+// The backend switch: CPU kernels today; the CUDA kernels plug in here.
+[[noreturn]] inline void no_cuda_kernel(const char* op, const Tensor& t) {
+  throw DeviceError(fmt::format("{}: the CUDA backend does not implement this op yet (input {} on {})", op,
+                                shape_str(t.shape()), t.device().str()));
+}
+inline void require_cpu(const char* op, const Tensor& t) {
+  if (!t.is_cpu()) no_cuda_kernel(op, t);
+}
+
+}  // namespace barbell::detail

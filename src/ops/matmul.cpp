@@ -1,0 +1,104 @@
+// matmul (batched, broadcast batch dims, numpy 1-D rules) and linear, with their
+// backward formulas; transposed operands go to BLAS through strides, not copies.
+#include "cpu/cpu.hpp"
+#include "ops/common.hpp"
+
+namespace barbell {
+
+namespace {
+// c = a @ b for a [..., M, K], b [..., K, N] with equal leading dims (already expanded).
+Tensor matmul_nd(const Tensor& a, const Tensor& b) {
+  Shape cs(a.shape().begin(), a.shape().end() - 1);
+  cs.push_back(b.shape().back());
+  detail::require_cpu("matmul", a);
+  DType dt = a.dtype();
+  bool low = dt == DType::BF16 || dt == DType::F16;
+  // 16-bit operands are multiplied in f32 on the CPU, as the GPU accumulates in f32.
+  Tensor aa = low ? a.to(DType::F32) : a, bb = low ? b.to(DType::F32) : b;
+  if (!cpu::matmul_strides_ok(aa)) aa = aa.contiguous();
+  if (!cpu::matmul_strides_ok(bb)) bb = bb.contiguous();
+  Tensor c = empty(cs, {low ? DType::F32 : dt, a.device()});
+  cpu::matmul(c, aa, bb);
+  return low ? c.to(dt) : c;
+}
+}  // namespace
+
+Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
+  detail::check_defined("matmul", {&a_in, &b_in});
+  detail::check_same_device("matmul", a_in, b_in);
+  detail::check_same_dtype("matmul", a_in, b_in);
+  detail::check_floating("matmul", a_in);
+  BB_CHECK(a_in.dim() >= 1 && b_in.dim() >= 1, ShapeError, "matmul: 0-d operand: a is {}, b is {}",
+           shape_str(a_in.shape()), shape_str(b_in.shape()));
+  if (a_in.dim() == 1) return matmul(a_in.unsqueeze(0), b_in).squeeze(-2);
+  if (b_in.dim() == 1) return matmul(a_in, b_in.unsqueeze(-1)).squeeze(-1);
+  const Tensor& a = a_in;
+  const Tensor& b = b_in;
+  int64_t K = a.shape().back();
+  BB_CHECK(K == b.shape()[b.dim() - 2], ShapeError, "matmul: inner dimensions differ: a is {}, b is {}",
+           shape_str(a.shape()), shape_str(b.shape()));
+  Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  Shape batch = broadcast_shapes(ba, bb, "matmul");
+  Shape ea = batch, eb = batch;
+  ea.push_back(a.shape()[a.dim() - 2]);
+  ea.push_back(K);
+  eb.push_back(K);
+  eb.push_back(b.shape().back());
+  Tensor out;
+  {
+    NoGradGuard g;
+    out = matmul_nd(a.shape() == ea ? a : a.expand(ea), b.shape() == eb ? b : b.expand(eb));
+  }
+  Tensor ad = a.detach(), bd = b.detach();
+  bool ga = a.requires_grad(), gb = b.requires_grad();
+  autograd::record("matmul", out, {a, b}, [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
+    Tensor da, db;
+    if (ga) da = sum_to(matmul(g, bd.transpose(-1, -2)), ad.shape());
+    if (gb) db = sum_to(matmul(ad.transpose(-1, -2), g), bd.shape());
+    return {da, db};
+  });
+  return out;
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  detail::check_defined("linear", {&x, &w});
+  detail::check_same_device("linear", x, w);
+  detail::check_same_dtype("linear", x, w);
+  detail::check_floating("linear", x);
+  BB_CHECK(w.dim() == 2 && x.dim() >= 1 && x.shape().back() == w.shape()[1], ShapeError,
+           "linear: x is {}, weight is {} (expected [out, {}])", shape_str(x.shape()), shape_str(w.shape()),
+           x.dim() >= 1 ? x.shape().back() : 0);
+  if (bias.defined()) {
+    detail::check_same_device("linear", x, bias);
+    detail::check_same_dtype("linear", x, bias);
+    BB_CHECK(bias.dim() == 1 && bias.shape()[0] == w.shape()[0], ShapeError,
+             "linear: bias is {}, expected [{}] for weight {}", shape_str(bias.shape()), w.shape()[0],
+             shape_str(w.shape()));
+  }
+  const int64_t in = w.shape()[1], outf = w.shape()[0];
+  Shape ys(x.shape().begin(), x.shape().end() - 1);
+  ys.push_back(outf);
+  Tensor y;
+  {
+    NoGradGuard g;
+    Tensor x2 = x.reshape({-1, in});
+    y = matmul_nd(x2, w.t());
+    if (bias.defined()) cpu::add_bias(y, bias.contiguous());
+    y = y.view(ys);
+  }
+  Tensor xd = x.detach(), wd = w.detach();
+  bool gx = x.requires_grad(), gw = w.requires_grad(), gbias = bias.defined() && bias.requires_grad();
+  std::vector<Tensor> inputs = {x, w};
+  if (bias.defined()) inputs.push_back(bias);
+  autograd::record("linear", y, inputs, [xd, wd, gx, gw, gbias, in, outf](const Tensor& g) -> std::vector<Tensor> {
+    Tensor g2 = g.reshape({-1, outf});
+    std::vector<Tensor> r(3);
+    if (gx) r[0] = matmul_nd(g2, wd).view(xd.shape());
+    if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({-1, in}));
+    if (gbias) r[2] = sum(g2, {0});
+    return r;
+  });
+  return y;
+}
+
+}  // namespace barbell
