@@ -1,6 +1,8 @@
 // CPU kernels for embedding, fused softmax-cross-entropy, dropout masks, AdamW and
 // the sum of squares behind gradient clipping.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 #include <limits>
 
 #include "cpu/cpu.hpp"
@@ -50,8 +52,9 @@ void embedding_backward(const Tensor& dweight, const Tensor& dy, const Tensor& i
 
 int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& targets, int64_t rows, int64_t V,
                       int64_t ignore_index) {
-  int64_t count = 0;
-  double total = 0;
+  // Per-row losses summed in row order: deterministic whatever the threads do.
+  std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
+  std::vector<char> counted(static_cast<size_t>(rows), 0);
   dispatch_index(targets.dtype(), "cross_entropy", [&](auto itag) {
     using I = typename decltype(itag)::type;
     const I* pt = static_cast<const I*>(targets.data_ptr());
@@ -59,7 +62,7 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
       using T = typename decltype(tag)::type;
       using A = acc_t<T>;
       const T* pl = static_cast<const T*>(logits.data_ptr());
-#pragma omp parallel for reduction(+ : total, count) if (rows * V > 16384)
+#pragma omp parallel for if (rows * V > 16384)
       for (int64_t r = 0; r < rows; ++r) {
         int64_t t = int64_t(pt[r]);
         if (t == ignore_index) continue;
@@ -68,11 +71,17 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
         for (int64_t i = 0; i < V; ++i) m = std::max(m, A(row[i]));
         A s = 0;
         for (int64_t i = 0; i < V; ++i) s += std::exp(A(row[i]) - m);
-        total += double(m + std::log(s) - A(row[t]));
-        ++count;
+        row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
+        counted[static_cast<size_t>(r)] = 1;
       }
     });
   });
+  int64_t count = 0;
+  double total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    total += row_loss[static_cast<size_t>(r)];
+    count += counted[static_cast<size_t>(r)];
+  }
   double mean = count > 0 ? total / double(count) : NAN;
   dispatch_float(loss.dtype(), "cross_entropy", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -153,17 +162,25 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
 }
 
 double sum_of_squares(const Tensor& x) {
-  double total = 0;
   const int64_t n = x.numel();
+  // Fixed blocks summed in order: the same bits on every run.
+  const int64_t nblk = std::max<int64_t>(1, std::min<int64_t>(64, n / 4096));
+  std::vector<double> part(static_cast<size_t>(nblk), 0.0);
   dispatch_float(x.dtype(), "sum_of_squares", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* p = static_cast<const T*>(x.data_ptr());
-#pragma omp parallel for reduction(+ : total) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) {
-      double v = double(acc_t<T>(p[i]));
-      total += v * v;
+#pragma omp parallel for schedule(static) if (nblk > 1)
+    for (int64_t b = 0; b < nblk; ++b) {
+      double acc = 0;
+      for (int64_t i = b * n / nblk; i < (b + 1) * n / nblk; ++i) {
+        double v = double(acc_t<T>(p[i]));
+        acc += v * v;
+      }
+      part[static_cast<size_t>(b)] = acc;
     }
   });
+  double total = 0;
+  for (double v : part) total += v;
   return total;
 }
 

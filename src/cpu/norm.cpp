@@ -1,4 +1,5 @@
 // CPU layernorm and rmsnorm over rows, forward and fused backward, float statistics.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -51,13 +52,15 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
     const S* pm = static_cast<const S*>(mean.data_ptr());
     const S* pr = static_cast<const S*>(rstd.data_ptr());
     T* pdx = dx.defined() ? static_cast<T*>(dx.data_ptr()) : nullptr;
-    // dw/db: per-thread partial sums in double, reduced at the end.
-    std::vector<double> dw_acc(static_cast<size_t>(n), 0.0), db_acc(static_cast<size_t>(n), 0.0);
-#pragma omp parallel if (rows * n > 16384)
-    {
-      std::vector<double> dwl(static_cast<size_t>(n), 0.0), dbl(static_cast<size_t>(n), 0.0);
-#pragma omp for
-      for (int64_t r = 0; r < rows; ++r) {
+    // dw/db: partial sums in double per block of rows, added in block order so the
+    // result does not depend on thread timing (resumed runs reproduce losses exactly).
+    const int64_t nblk = std::min<int64_t>(rows, 64);
+    std::vector<double> part(static_cast<size_t>(nblk * 2 * n), 0.0);
+#pragma omp parallel for schedule(static) if (rows * n > 16384)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      double* dwl = part.data() + blk * 2 * n;
+      double* dbl = dwl + n;
+      for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
         const T* in = px + r * n;
         const T* g = pdy + r * n;
         const double mu = pm[r], rs = pr[r];
@@ -67,8 +70,8 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
           double gw = double(A(g[i])) * (pw ? double(A(pw[i])) : 1.0);
           s1 += gw;
           s2 += gw * xh;
-          dwl[static_cast<size_t>(i)] += double(A(g[i])) * xh;
-          dbl[static_cast<size_t>(i)] += double(A(g[i]));
+          dwl[i] += double(A(g[i])) * xh;
+          dbl[i] += double(A(g[i]));
         }
         if (pdx) {
           for (int64_t i = 0; i < n; ++i) {
@@ -78,12 +81,13 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
           }
         }
       }
-#pragma omp critical
-      for (int64_t i = 0; i < n; ++i) {
-        dw_acc[static_cast<size_t>(i)] += dwl[static_cast<size_t>(i)];
-        db_acc[static_cast<size_t>(i)] += dbl[static_cast<size_t>(i)];
-      }
     }
+    std::vector<double> dw_acc(static_cast<size_t>(n), 0.0), db_acc(static_cast<size_t>(n), 0.0);
+    for (int64_t blk = 0; blk < nblk; ++blk)
+      for (int64_t i = 0; i < n; ++i) {
+        dw_acc[static_cast<size_t>(i)] += part[static_cast<size_t>(blk * 2 * n + i)];
+        db_acc[static_cast<size_t>(i)] += part[static_cast<size_t>(blk * 2 * n + n + i)];
+      }
     if (dw.defined()) {
       T* p = static_cast<T*>(dw.data_ptr());
       for (int64_t i = 0; i < n; ++i) p[i] = T(A(dw_acc[static_cast<size_t>(i)]));
@@ -128,12 +132,12 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
     const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
     const S* pr = static_cast<const S*>(rstd.data_ptr());
     T* pdx = dx.defined() ? static_cast<T*>(dx.data_ptr()) : nullptr;
-    std::vector<double> dw_acc(static_cast<size_t>(n), 0.0);
-#pragma omp parallel if (rows * n > 16384)
-    {
-      std::vector<double> dwl(static_cast<size_t>(n), 0.0);
-#pragma omp for
-      for (int64_t r = 0; r < rows; ++r) {
+    const int64_t nblk = std::min<int64_t>(rows, 64);
+    std::vector<double> part(static_cast<size_t>(nblk * n), 0.0);
+#pragma omp parallel for schedule(static) if (rows * n > 16384)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      double* dwl = part.data() + blk * n;
+      for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
         const T* in = px + r * n;
         const T* g = pdy + r * n;
         const double rs = pr[r];
@@ -141,7 +145,7 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
         for (int64_t i = 0; i < n; ++i) {
           double xh = double(A(in[i])) * rs;
           s += double(A(g[i])) * (pw ? double(A(pw[i])) : 1.0) * xh;
-          dwl[static_cast<size_t>(i)] += double(A(g[i])) * xh;
+          dwl[i] += double(A(g[i])) * xh;
         }
         if (pdx) {
           for (int64_t i = 0; i < n; ++i) {
@@ -151,9 +155,10 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
           }
         }
       }
-#pragma omp critical
-      for (int64_t i = 0; i < n; ++i) dw_acc[static_cast<size_t>(i)] += dwl[static_cast<size_t>(i)];
     }
+    std::vector<double> dw_acc(static_cast<size_t>(n), 0.0);
+    for (int64_t blk = 0; blk < nblk; ++blk)
+      for (int64_t i = 0; i < n; ++i) dw_acc[static_cast<size_t>(i)] += part[static_cast<size_t>(blk * n + i)];
     if (dw.defined()) {
       T* p = static_cast<T*>(dw.data_ptr());
       for (int64_t i = 0; i < n; ++i) p[i] = T(A(dw_acc[static_cast<size_t>(i)]));

@@ -1,0 +1,86 @@
+// Optimizers (SGD with momentum, AdamW with decoupled weight decay), the cosine
+// schedule with linear warm-up, and global-norm gradient clipping.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "barbell/nn/module.hpp"
+
+namespace barbell::optim {
+
+class Optimizer {
+ public:
+  explicit Optimizer(NamedTensors params);
+  virtual ~Optimizer() = default;
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // One update from the parameters' .grad (parameters without a grad are skipped).
+  virtual void step() = 0;
+  // Drops every gradient (the next backward writes fresh ones).
+  void zero_grad();
+  double lr() const { return lr_; }
+  void set_lr(double lr) { lr_ = lr; }
+  int64_t steps() const { return step_; }
+  const NamedTensors& named_params() const { return params_; }
+
+  // Optimizer state ("step", and per parameter "<name>.<slot>") for checkpoints;
+  // load_state_dict validates names and shapes before changing anything.
+  virtual NamedTensors state_dict() const;
+  virtual void load_state_dict(const NamedTensors& state);
+
+ protected:
+  NamedTensors params_;
+  std::vector<std::vector<Tensor>> slots_;      // per parameter, per slot name
+  std::vector<std::string> slot_names_;
+  double lr_ = 1e-3;
+  int64_t step_ = 0;
+};
+
+struct SGDOptions {
+  double lr = 0.01;
+  double momentum = 0.0;
+  double weight_decay = 0.0;  // L2, added to the gradient
+  bool nesterov = false;
+};
+
+class SGD : public Optimizer {
+ public:
+  SGD(NamedTensors params, SGDOptions opts);
+  void step() override;
+  SGDOptions options;
+};
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.01;  // decoupled: p -= lr * wd * p
+  bool decay_1d = false;       // biases and norm weights (1-D) get no decay unless set
+};
+
+class AdamW : public Optimizer {
+ public:
+  AdamW(NamedTensors params, AdamWOptions opts);
+  void step() override;
+  AdamWOptions options;
+};
+
+// lr(step) for step in [0, total): linear warm-up from 0 over `warmup` steps to
+// max_lr, then cosine decay to min_lr at `total`; min_lr afterwards.
+class CosineSchedule {
+ public:
+  CosineSchedule(double max_lr, double min_lr, int64_t warmup, int64_t total);
+  double operator()(int64_t step) const;
+
+ private:
+  double max_lr_, min_lr_;
+  int64_t warmup_, total_;
+};
+
+// Scales all gradients so their global L2 norm is at most max_norm; returns the
+// norm before clipping.
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm);
+
+}  // namespace barbell::optim

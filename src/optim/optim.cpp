@@ -1,0 +1,138 @@
+// SGD, AdamW, the cosine schedule and gradient clipping. Updates run under
+// NoGradGuard through ops (adamw_step_ is one fused kernel per parameter).
+#include "barbell/optim/optim.hpp"
+
+#include <cmath>
+#include <map>
+
+#include "barbell/autograd/autograd.hpp"
+#include "barbell/ops/ops.hpp"
+
+namespace barbell::optim {
+
+Optimizer::Optimizer(NamedTensors params) : params_(std::move(params)) {
+  for (auto& [n, p] : params_) {
+    BB_CHECK(p.defined() && is_floating(p.dtype()), DTypeError, "optimizer: parameter '{}' must be a floating tensor",
+             n);
+  }
+}
+
+void Optimizer::zero_grad() {
+  for (auto& [n, p] : params_) Tensor(p).set_grad(Tensor());
+}
+
+NamedTensors Optimizer::state_dict() const {
+  NamedTensors s;
+  s.emplace_back("step", from_vector<int64_t>({step_}, {}));
+  for (size_t i = 0; i < params_.size(); ++i)
+    for (size_t k = 0; k < slot_names_.size(); ++k)
+      if (slots_[i][k].defined()) s.emplace_back(params_[i].first + "." + slot_names_[k], slots_[i][k]);
+  return s;
+}
+
+void Optimizer::load_state_dict(const NamedTensors& state) {
+  std::map<std::string, Tensor> byname(state.begin(), state.end());
+  auto it = byname.find("step");
+  BB_CHECK(it != byname.end() && it->second.numel() == 1, ValueError, "optimizer load_state_dict: no 'step' entry");
+  // Validate everything first.
+  for (size_t i = 0; i < params_.size(); ++i)
+    for (size_t k = 0; k < slot_names_.size(); ++k) {
+      std::string name = params_[i].first + "." + slot_names_[k];
+      auto s = byname.find(name);
+      if (s == byname.end()) continue;
+      BB_CHECK(s->second.shape() == params_[i].second.shape(), ShapeError,
+               "optimizer load_state_dict: '{}' has shape {} but the parameter is {}", name,
+               shape_str(s->second.shape()), shape_str(params_[i].second.shape()));
+    }
+  step_ = it->second.item<int64_t>();
+  for (size_t i = 0; i < params_.size(); ++i)
+    for (size_t k = 0; k < slot_names_.size(); ++k) {
+      auto s = byname.find(params_[i].first + "." + slot_names_[k]);
+      if (s == byname.end()) {
+        slots_[i][k] = Tensor();
+        continue;
+      }
+      const Tensor& p = params_[i].second;
+      DType dt = p.dtype() == DType::F64 ? DType::F64 : DType::F32;
+      slots_[i][k] = s->second.detach().to(p.device(), dt).contiguous().clone();
+    }
+}
+
+SGD::SGD(NamedTensors params, SGDOptions opts) : Optimizer(std::move(params)), options(opts) {
+  lr_ = opts.lr;
+  slot_names_ = {"momentum_buffer"};
+  slots_.assign(params_.size(), std::vector<Tensor>(1));
+}
+
+void SGD::step() {
+  NoGradGuard g;
+  ++step_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor p = params_[i].second;
+    Tensor grad = p.grad();
+    if (!grad.defined()) continue;
+    Tensor d = options.weight_decay != 0 ? add(grad, p, options.weight_decay) : grad;
+    if (options.momentum != 0) {
+      Tensor& buf = slots_[i][0];
+      if (!buf.defined()) buf = d.clone();
+      else buf = add(mul(buf, options.momentum), d);
+      d = options.nesterov ? add(d, buf, options.momentum) : buf;
+    }
+    p.add_(d, -lr_);
+  }
+}
+
+AdamW::AdamW(NamedTensors params, AdamWOptions opts) : Optimizer(std::move(params)), options(opts) {
+  lr_ = opts.lr;
+  slot_names_ = {"exp_avg", "exp_avg_sq"};
+  slots_.assign(params_.size(), std::vector<Tensor>(2));
+}
+
+void AdamW::step() {
+  NoGradGuard g;
+  ++step_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor p = params_[i].second;
+    Tensor grad = p.grad();
+    if (!grad.defined()) continue;
+    auto& s = slots_[i];
+    DType dt = p.dtype() == DType::F64 ? DType::F64 : DType::F32;
+    if (!s[0].defined()) {
+      s[0] = zeros(p.shape(), {dt, p.device()});
+      s[1] = zeros(p.shape(), {dt, p.device()});
+    }
+    double wd = (p.dim() >= 2 || options.decay_1d) ? options.weight_decay : 0.0;
+    AdamWParams ap{lr_, options.beta1, options.beta2, options.eps, wd, step_};
+    Tensor gc = grad.contiguous();
+    adamw_step_(p, gc, s[0], s[1], ap);
+  }
+}
+
+CosineSchedule::CosineSchedule(double max_lr, double min_lr, int64_t warmup, int64_t total)
+    : max_lr_(max_lr), min_lr_(min_lr), warmup_(warmup), total_(total) {
+  BB_CHECK(warmup >= 0 && total > 0 && warmup <= total, ValueError,
+           "CosineSchedule: need 0 <= warmup ({}) <= total ({}) and total > 0", warmup, total);
+}
+
+double CosineSchedule::operator()(int64_t step) const {
+  if (step < warmup_) return max_lr_ * static_cast<double>(step + 1) / static_cast<double>(warmup_);
+  if (step >= total_) return min_lr_;
+  double t = static_cast<double>(step - warmup_) / static_cast<double>(std::max<int64_t>(total_ - warmup_, 1));
+  return min_lr_ + 0.5 * (max_lr_ - min_lr_) * (1.0 + std::cos(M_PI * t));
+}
+
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm) {
+  BB_CHECK(max_norm > 0, ValueError, "clip_grad_norm_: max_norm must be positive, got {}", max_norm);
+  std::vector<Tensor> grads;
+  for (auto& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  double norm = std::sqrt(sum_of_squares(grads));
+  if (norm > max_norm) {
+    NoGradGuard g;
+    double scale = max_norm / (norm + 1e-6);
+    for (auto& gr : grads) Tensor(gr).mul_(scale);
+  }
+  return norm;
+}
+
+}  // namespace barbell::optim
