@@ -3,7 +3,7 @@
 # Idempotent and non-interactive; a no-op (no apt-get at all) when everything is already there.
 set -euo pipefail
 
-required=(build-essential cmake ninja-build catch2 libfmt-dev libopenblas-dev nlohmann-json3-dev
+required=(build-essential cmake ninja-build catch2 libfmt-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
   libcli11-dev libopenmpi-dev openmpi-bin python3)
 # Only scripts/plot_metrics.py needs these; a failure to install them is a warning.
 optional=(python3-matplotlib)
