@@ -38,6 +38,7 @@ struct Args {
   std::string device = "auto", dtype = "f32";
   int digits = 3;
   bool reverse = false;
+  int threads = 0;
 };
 
 std::string fmt_duration(double s) {
@@ -70,8 +71,9 @@ class AdditionSource : public Source {
   json state() const override { return {{"offset", gen_.offset()}}; }
   void set_state(const json& s) override { gen_.set_offset(s.at("offset").get<uint64_t>()); }
   std::string describe() const override {
-    return fmt::format("synthetic {}-digit addition ({}answer), {} tokens per problem", task_.digits(),
-                       task_.reverse_answer() ? "reversed " : "", task_.seq_len() + 1);
+    return fmt::format("synthetic {}-digit addition{}, {} tokens per problem", task_.digits(),
+                       task_.reverse_answer() ? " (answers written least significant digit first)" : "",
+                       task_.seq_len() + 1);
   }
 
  private:
@@ -145,6 +147,7 @@ std::string model_json(const bb::nn::GPTConfig& c) {
 
 int run(const Args& args) {
   auto t_start = Clock::now();
+  if (args.threads > 0) bb::set_num_threads(args.threads);
   bb::Device device = bb::Device::cpu();
   if (args.device == "auto") {
     if (bb::cuda::is_available())
@@ -259,6 +262,7 @@ int run(const Args& args) {
       fmt::print("eval step {}: validation loss {:.4f}\n", at_step, vl);
     }
     model.train();
+    std::fflush(stdout);
     metrics << m.dump() << "\n" << std::flush;
     return m;
   };
@@ -269,6 +273,7 @@ int run(const Args& args) {
              device.str(), bb::num_threads());
   fmt::print("training {} steps of {} x {} tokens, AdamW lr {} -> {}, warm-up {}\n", args.steps, args.batch,
              train_src->seq_len(), args.lr, args.min_lr, args.warmup);
+  std::fflush(stdout);
 
   const bool tty = isatty(fileno(stdout));
   const int64_t tokens_per_step = args.batch * train_src->seq_len();
@@ -378,6 +383,7 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", a.dtype, "Compute dtype (f32 on the CPU)")->capture_default_str();
   app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
+  app.add_option("--threads", a.threads, "CPU threads for OpenMP and OpenBLAS (0: all cores)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);
