@@ -82,7 +82,7 @@ double Tensor::item_double() const {
 
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
-  Tensor c = to(Device::cpu(), dtype_of<T>::value).contiguous();
+  Tensor c = detach().to(Device::cpu(), dtype_of<T>::value).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
 }
@@ -94,7 +94,7 @@ template std::vector<BFloat16> Tensor::to_vector<BFloat16>() const;
 template std::vector<Half> Tensor::to_vector<Half>() const;
 template <>
 std::vector<bool> Tensor::to_vector<bool>() const {
-  Tensor c = to(Device::cpu(), DType::Bool).contiguous();
+  Tensor c = detach().to(Device::cpu(), DType::Bool).contiguous();
   const bool* p = c.data<bool>();
   return std::vector<bool>(p, p + c.numel());
 }
