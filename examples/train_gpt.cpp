@@ -27,9 +27,9 @@ struct Args {
   std::string data;
   std::string preset = "small";
   int64_t n_layer = 0, n_head = 0, n_embd = 0;
-  int64_t steps = 3000, batch = 128, seq_len = 128;
+  int64_t steps = 1500, batch = 128, seq_len = 128;
   double lr = 2e-3, min_lr = 2e-4, weight_decay = 0.1, grad_clip = 1.0, dropout = 0.0;
-  int64_t warmup = 100;
+  int64_t warmup = 50;
   uint64_t seed = 1337;
   std::string out = "runs/train_gpt";
   bool resume = false;
