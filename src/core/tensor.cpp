@@ -114,14 +114,20 @@ Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset)
 
 // Strides for viewing `t` as `shape` without a copy, or false when impossible.
 bool view_strides(const Tensor& t, const Shape& shape, Shape& out) {
-  if (t.is_contiguous()) {
+  if (t.is_contiguous() || t.numel() == 0) {
     out = contiguous_strides(shape);
     return true;
   }
   // Match groups of old dims to groups of new dims with equal products; each old
-  // group must be contiguous within itself.
-  const Shape& os = t.shape();
-  const Shape& ost = t.strides();
+  // group must be contiguous within itself. Size-1 old dims carry no layout (their
+  // stride is arbitrary), so they are dropped first: otherwise the contiguity check
+  // would compare a neighbour with the size-1 dim instead of the next real dim.
+  Shape os, ost;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.shape()[d] == 1) continue;
+    os.push_back(t.shape()[d]);
+    ost.push_back(t.strides()[d]);
+  }
   out.assign(shape.size(), 0);
   size_t i = 0, j = 0;
   while (i < os.size() || j < shape.size()) {
