@@ -30,6 +30,13 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   detail::check_floating("matmul", a_in);
   BB_CHECK(a_in.dim() >= 1 && b_in.dim() >= 1, ShapeError, "matmul: 0-d operand: a is {}, b is {}",
            shape_str(a_in.shape()), shape_str(b_in.shape()));
+  // Check K on the shapes the caller gave, before the 1-D operands are reshaped.
+  const int64_t ka = a_in.shape().back(),
+                kb = b_in.dim() == 1 ? b_in.shape()[0] : b_in.shape()[b_in.dim() - 2];
+  BB_CHECK(ka == kb, ShapeError, "matmul: inner dimensions differ: a is {}, b is {}", shape_str(a_in.shape()),
+           shape_str(b_in.shape()));
+  // 1-D @ 1-D is a dot product: a 0-d result.
+  if (a_in.dim() == 1 && b_in.dim() == 1) return matmul(a_in.unsqueeze(0), b_in.unsqueeze(-1)).reshape({});
   if (a_in.dim() == 1) return matmul(a_in.unsqueeze(0), b_in).squeeze(-2);
   if (b_in.dim() == 1) return matmul(a_in, b_in.unsqueeze(-1)).squeeze(-1);
   const Tensor& a = a_in;

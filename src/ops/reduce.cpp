@@ -105,13 +105,14 @@ std::pair<Tensor, Tensor> max_impl(const Tensor& x, int64_t dim, bool keepdim, b
   detail::require_cpu(op, x);
   cpu::max_dim(values, idx, L.x, L.A, L.R, L.I);
   if (want_values) {
-    Shape in_shape = xx.shape(), keep = L.out_keep;
+    // dx is laid out as xx ([1] for a 0-d x) and returned in x's own shape.
+    Shape in_shape = xx.shape(), x_shape = x.shape();
     int64_t A = L.A, R = L.R, I = L.I;
     Tensor idd = idx.detach();
-    autograd::record(op, values, {x}, [in_shape, keep, A, R, I, idd](const Tensor& g) -> std::vector<Tensor> {
+    autograd::record(op, values, {x}, [=](const Tensor& g) -> std::vector<Tensor> {
       Tensor dx = empty(in_shape, g.options());
       cpu::max_dim_backward(dx, g.contiguous(), idd.contiguous(), A, R, I);
-      return {dx};
+      return {dx.view(x_shape)};
     });
   }
   return {values, idx};

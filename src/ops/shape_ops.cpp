@@ -7,6 +7,9 @@ namespace barbell {
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
   BB_CHECK(!xs.empty(), ValueError, "cat: no tensors given");
   const Tensor& x0 = xs[0];
+  detail::check_defined("cat", {&x0});
+  BB_CHECK(x0.dim() > 0, ShapeError, "cat: tensors must have at least one dim, got {} (use stack)",
+           shape_str(x0.shape()));
   int64_t d = wrap_dim(dim, x0.dim(), "cat");
   Shape os = x0.shape();
   int64_t total = 0;
