@@ -1,6 +1,7 @@
 // Philox4x32-10 counter-based generator and the random factories built on it.
 #include "barbell/core/random.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace barbell {
@@ -61,12 +62,23 @@ std::vector<double> draw(int64_t n, Generator& g, F f) {
   return v;
 }
 inline double u01(uint32_t w) { return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0); }
+// Before draw() sizes its buffer from the element count.
+void check_sizes(const Shape& shape, const char* op) {
+  for (auto d : shape) BB_CHECK(d >= 0, ShapeError, "{}: negative size in {}", op, shape_str(shape));
+}
 }  // namespace
 
 Tensor rand(const Shape& shape, TensorOptions opts, Generator* gen) {
+  check_sizes(shape, "rand");
   Generator& g = gen ? *gen : default_generator();
-  auto v = draw(shape_numel(shape), g, [](const uint32_t* w, double* out) {
-    for (int j = 0; j < 4; ++j) out[j] = static_cast<double>(w[j]) * (1.0 / 4294967296.0);
+  // The largest value below 1 in the target dtype: a uniform closer to 1 than that
+  // would round up to 1 when stored (bf16 does so for 1 draw in 512).
+  const double top = opts.dtype == DType::BF16  ? 1.0 - 0x1p-8
+                     : opts.dtype == DType::F16 ? 1.0 - 0x1p-11
+                     : opts.dtype == DType::F32 ? 1.0 - 0x1p-24
+                                                : 1.0;
+  auto v = draw(shape_numel(shape), g, [top](const uint32_t* w, double* out) {
+    for (int j = 0; j < 4; ++j) out[j] = std::min(static_cast<double>(w[j]) * (1.0 / 4294967296.0), top);
   });
   Tensor t = from_vector(v, shape, {opts.dtype, opts.device});
   if (opts.requires_grad) t.requires_grad_(true);
@@ -74,6 +86,7 @@ Tensor rand(const Shape& shape, TensorOptions opts, Generator* gen) {
 }
 
 Tensor randn(const Shape& shape, TensorOptions opts, Generator* gen) {
+  check_sizes(shape, "randn");
   Generator& g = gen ? *gen : default_generator();
   auto v = draw(shape_numel(shape), g, [](const uint32_t* w, double* out) {
     // Box-Muller on two pairs of uniforms.
@@ -91,6 +104,7 @@ Tensor randn(const Shape& shape, TensorOptions opts, Generator* gen) {
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts, Generator* gen) {
   BB_CHECK(high > low, ValueError, "randint: empty range [{}, {})", low, high);
+  check_sizes(shape, "randint");
   Generator& g = gen ? *gen : default_generator();
   uint64_t span = static_cast<uint64_t>(high - low);
   auto v = draw(shape_numel(shape), g, [span, low](const uint32_t* w, double* out) {
