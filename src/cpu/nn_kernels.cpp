@@ -142,7 +142,9 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
     using T = typename decltype(tag)::type;
     // Moments are f32 (f64 for f64 parameters), whatever the parameter's precision.
     using S = std::conditional_t<std::is_same_v<T, double>, double, float>;
+    // 1 - beta in double: in float, 1 - 0.999f is off by 1.3e-5 relative.
     const S b1 = S(p.beta1), b2 = S(p.beta2), eps = S(p.eps), decay = S(1.0 - p.lr * p.weight_decay);
+    const S omb1 = S(1.0 - p.beta1), omb2 = S(1.0 - p.beta2);
     const S step_size = S(p.lr / bc1), inv_sqrt_bc2 = S(1.0 / std::sqrt(bc2));
     T* pp = static_cast<T*>(param.data_ptr());
     const T* pg = static_cast<const T*>(grad.data_ptr());
@@ -151,8 +153,8 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
 #pragma omp parallel for if (n > 32768)
     for (int64_t i = 0; i < n; ++i) {
       S g = S(acc_t<T>(pg[i]));
-      S mi = b1 * pm[i] + (1 - b1) * g;
-      S vi = b2 * pv[i] + (1 - b2) * g * g;
+      S mi = b1 * pm[i] + omb1 * g;
+      S vi = b2 * pv[i] + omb2 * g * g;
       pm[i] = mi;
       pv[i] = vi;
       S x = S(acc_t<T>(pp[i])) * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
