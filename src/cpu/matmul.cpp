@@ -67,7 +67,9 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         return;
       }
       // Many small products: spread the batch over threads; large ones: BLAS threads.
-#pragma omp parallel for if (small && batch > 1)
+      // A few tiny products stay on this thread: a parallel region costs more than
+      // they do, and much more when the cores are busy with other work.
+#pragma omp parallel for if (small && batch > 1 && batch * M * N * K >= 32768)
       for (int64_t bi = 0; bi < batch; ++bi) one(bi);
     } else {
       throw DTypeError("matmul: the CPU kernel takes f32 or f64 (the op converts 16-bit inputs)");
