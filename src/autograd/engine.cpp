@@ -44,7 +44,7 @@ class LambdaNode : public Node {
   }
 
  private:
-  const char* op_;
+  std::string op_;  // a copy: Function::apply's name may be a temporary's c_str()
   BackwardFn fn_;
 };
 
