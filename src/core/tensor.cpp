@@ -38,7 +38,9 @@ Device Device::parse(const std::string& s) {
   if (s.rfind("cuda:", 0) == 0) {
     const std::string num = s.substr(5);
     bool digits = !num.empty() && std::all_of(num.begin(), num.end(), [](char c) { return c >= '0' && c <= '9'; });
-    BB_CHECK(digits, ValueError, "Device::parse: bad device '{}' (expected cpu, cuda or cuda:N)", s);
+    // At most 6 digits, so stoi cannot overflow (it would throw std::out_of_range).
+    BB_CHECK(digits && num.size() <= 6, ValueError,
+             "Device::parse: bad device '{}' (expected cpu, cuda or cuda:N)", s);
     return cuda(std::stoi(num));
   }
   throw ValueError(fmt::format("Device::parse: bad device '{}' (expected cpu, cuda or cuda:N)", s));
@@ -447,9 +449,10 @@ void Tensor::set_grad(const Tensor& g) {
     impl().grad.reset();
     return;
   }
-  BB_CHECK(g.shape() == shape() && g.dtype() == dtype(), ShapeError,
-           "set_grad: grad of shape {} ({}) for a tensor of shape {} ({})", shape_str(g.shape()), dtype_name(g.dtype()),
-           shape_str(shape()), dtype_name(dtype()));
+  BB_CHECK(g.shape() == shape(), ShapeError, "set_grad: grad of shape {} ({}) for a tensor of shape {} ({})",
+           shape_str(g.shape()), dtype_name(g.dtype()), shape_str(shape()), dtype_name(dtype()));
+  BB_CHECK(g.dtype() == dtype(), DTypeError, "set_grad: grad of shape {} ({}) for a tensor of shape {} ({})",
+           shape_str(g.shape()), dtype_name(g.dtype()), shape_str(shape()), dtype_name(dtype()));
   impl().grad = g.impl_ptr();
 }
 

@@ -24,11 +24,13 @@ inline void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
 }
 
 inline void check_floating(const char* op, const Tensor& a) {
+  check_defined(op, {&a});
   BB_CHECK(is_floating(a.dtype()), DTypeError, "{}: expected a floating tensor, got {} {}", op, dtype_name(a.dtype()),
            shape_str(a.shape()));
 }
 
 inline void check_index(const char* op, const Tensor& a) {
+  check_defined(op, {&a});
   BB_CHECK(a.dtype() == DType::I32 || a.dtype() == DType::I64, DTypeError,
            "{}: expected an index tensor (i32 or i64), got {} {}", op, dtype_name(a.dtype()), shape_str(a.shape()));
 }

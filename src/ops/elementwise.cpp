@@ -12,13 +12,14 @@ using detail::require_cpu;
 
 namespace {
 
+// The output has a's dtype, or Bool for comparisons.
 Tensor binary_forward(cpu::BinaryOp op, const char* name, const Tensor& a, const Tensor& b, double alpha,
-                      DType out_dtype) {
+                      bool bool_out = false) {
   detail::check_defined(name, {&a, &b});
   check_same_device(name, a, b);
   check_same_dtype(name, a, b);
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
-  Tensor out = empty(s, {out_dtype, a.device()});
+  Tensor out = empty(s, {bool_out ? DType::Bool : a.dtype(), a.device()});
   require_cpu(name, a);
   cpu::binary(op, out, a, b, alpha);
   return out;
@@ -26,6 +27,8 @@ Tensor binary_forward(cpu::BinaryOp op, const char* name, const Tensor& a, const
 
 Tensor unary_forward(cpu::UnaryOp op, const char* name, const Tensor& x, double scalar = 0.0) {
   detail::check_defined(name, {&x});
+  BB_CHECK(x.dtype() != DType::Bool, DTypeError, "{}: not defined on bool tensors, got {} {}", name,
+           dtype_name(x.dtype()), shape_str(x.shape()));
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
   require_cpu(name, x);
   cpu::unary(op, out, x, scalar);
@@ -35,7 +38,7 @@ Tensor unary_forward(cpu::UnaryOp op, const char* name, const Tensor& x, double 
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b, double alpha) {
-  Tensor out = binary_forward(cpu::BinaryOp::Add, "add", a, b, alpha, a.dtype());
+  Tensor out = binary_forward(cpu::BinaryOp::Add, "add", a, b, alpha);
   Shape sa = a.shape(), sb = b.shape();
   autograd::record("add", out, {a, b}, [sa, sb, alpha](const Tensor& g) -> std::vector<Tensor> {
     return {sum_to(g, sa), sum_to(alpha == 1.0 ? g : mul(g, alpha), sb)};
@@ -44,7 +47,7 @@ Tensor add(const Tensor& a, const Tensor& b, double alpha) {
 }
 
 Tensor sub(const Tensor& a, const Tensor& b) {
-  Tensor out = binary_forward(cpu::BinaryOp::Sub, "sub", a, b, 1.0, a.dtype());
+  Tensor out = binary_forward(cpu::BinaryOp::Sub, "sub", a, b, 1.0);
   Shape sa = a.shape(), sb = b.shape();
   autograd::record("sub", out, {a, b}, [sa, sb](const Tensor& g) -> std::vector<Tensor> {
     return {sum_to(g, sa), sum_to(neg(g), sb)};
@@ -53,7 +56,7 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 }
 
 Tensor mul(const Tensor& a, const Tensor& b) {
-  Tensor out = binary_forward(cpu::BinaryOp::Mul, "mul", a, b, 1.0, a.dtype());
+  Tensor out = binary_forward(cpu::BinaryOp::Mul, "mul", a, b, 1.0);
   bool ga = a.requires_grad(), gb = b.requires_grad();
   Tensor ad = ga || gb ? a.detach() : Tensor(), bd = ga || gb ? b.detach() : Tensor();
   autograd::record("mul", out, {a, b}, [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
@@ -63,7 +66,12 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor div(const Tensor& a, const Tensor& b) {
-  Tensor out = binary_forward(cpu::BinaryOp::Div, "div", a, b, 1.0, a.dtype());
+  // Integer division would trap (SIGFPE) on a zero divisor; true division needs floats.
+  detail::check_defined("div", {&a, &b});
+  BB_CHECK(is_floating(a.dtype()) && is_floating(b.dtype()), DTypeError,
+           "div: expected floating tensors, got {} {} and {} {} (convert integers with to())",
+           dtype_name(a.dtype()), shape_str(a.shape()), dtype_name(b.dtype()), shape_str(b.shape()));
+  Tensor out = binary_forward(cpu::BinaryOp::Div, "div", a, b, 1.0);
   bool ga = a.requires_grad(), gb = b.requires_grad();
   Tensor ad = a.detach(), bd = b.detach();
   autograd::record("div", out, {a, b}, [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
@@ -74,7 +82,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 }
 
 Tensor pow(const Tensor& a, const Tensor& b) {
-  Tensor out = binary_forward(cpu::BinaryOp::Pow, "pow", a, b, 1.0, a.dtype());
+  Tensor out = binary_forward(cpu::BinaryOp::Pow, "pow", a, b, 1.0);
   bool ga = a.requires_grad(), gb = b.requires_grad();
   Tensor ad = a.detach(), bd = b.detach(), od = out.detach();
   autograd::record("pow", out, {a, b}, [ad, bd, od, ga, gb](const Tensor& g) -> std::vector<Tensor> {
@@ -86,7 +94,9 @@ Tensor pow(const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor eq(const Tensor& a, const Tensor& b) { return binary_forward(cpu::BinaryOp::Eq, "eq", a, b, 1.0, DType::Bool); }
+Tensor eq(const Tensor& a, const Tensor& b) {
+  return binary_forward(cpu::BinaryOp::Eq, "eq", a, b, 1.0, true);
+}
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   detail::check_defined("where", {&cond, &a, &b});

@@ -45,7 +45,13 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   BB_CHECK(K == b.shape()[b.dim() - 2], ShapeError, "matmul: inner dimensions differ: a is {}, b is {}",
            shape_str(a.shape()), shape_str(b.shape()));
   Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
-  Shape batch = broadcast_shapes(ba, bb, "matmul");
+  Shape batch;
+  try {
+    batch = broadcast_shapes(ba, bb, "matmul");
+  } catch (const ShapeError&) {  // name the full operands, not just their batch dims
+    throw ShapeError(fmt::format("matmul: batch dimensions do not broadcast: a is {}, b is {}",
+                                 shape_str(a.shape()), shape_str(b.shape())));
+  }
   Shape ea = batch, eb = batch;
   ea.push_back(a.shape()[a.dim() - 2]);
   ea.push_back(K);

@@ -77,6 +77,7 @@ Tensor sum(const Tensor& x, const Shape& dims, bool keepdim) { return sum_impl(x
 Tensor mean(const Tensor& x, const Shape& dims, bool keepdim) { return sum_impl(x, dims, keepdim, true, "mean"); }
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
+  detail::check_defined("sum_to", {&x});
   if (x.shape() == shape) return x;
   BB_CHECK(x.dim() >= static_cast<int64_t>(shape.size()), ShapeError, "sum_to: cannot reduce {} to {}",
            shape_str(x.shape()), shape_str(shape));
@@ -120,7 +121,10 @@ std::pair<Tensor, Tensor> max_impl(const Tensor& x, int64_t dim, bool keepdim, b
 }  // namespace
 
 Tensor max(const Tensor& x, int64_t dim, bool keepdim) { return max_impl(x, dim, keepdim, true, "max").first; }
-Tensor max(const Tensor& x) { return max(x.reshape({-1}), 0, false); }
+Tensor max(const Tensor& x) {
+  detail::check_defined("max", {&x});
+  return max(x.reshape({-1}), 0, false);
+}
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return max_impl(x, dim, keepdim, false, "argmax").second; }
 
 // ---- softmax -----------------------------------------------------------------------

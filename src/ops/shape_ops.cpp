@@ -50,6 +50,7 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
 
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
   BB_CHECK(!xs.empty(), ValueError, "stack: no tensors given");
+  for (auto& x : xs) detail::check_defined("stack", {&x});
   int64_t d = wrap_dim(dim, xs[0].dim() + 1, "stack");
   std::vector<Tensor> u;
   for (size_t i = 0; i < xs.size(); ++i) {
@@ -61,6 +62,7 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
 }
 
 std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
+  detail::check_defined("split", {&x});
   BB_CHECK(split_size > 0, ValueError, "split: split_size must be positive, got {}", split_size);
   int64_t d = wrap_dim(dim, x.dim(), "split");
   std::vector<Tensor> r;
@@ -70,6 +72,7 @@ std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
 }
 
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
+  detail::check_defined("chunk", {&x});
   BB_CHECK(chunks > 0, ValueError, "chunk: chunks must be positive, got {}", chunks);
   int64_t d = wrap_dim(dim, x.dim(), "chunk");
   return split(x, std::max<int64_t>((x.shape()[d] + chunks - 1) / chunks, 1), d);
@@ -85,6 +88,7 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 }
 
 Tensor tril_mask(int64_t rows, int64_t cols, Device device) {
+  BB_CHECK(rows >= 0 && cols >= 0, ValueError, "tril_mask: negative size [{}, {}]", rows, cols);
   std::vector<int32_t> v(static_cast<size_t>(rows * cols));
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) v[static_cast<size_t>(i * cols + j)] = j <= i;
