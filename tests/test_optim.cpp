@@ -1,0 +1,339 @@
+// Tests of barbell::optim: SGD and AdamW against the published update rules computed in plain double
+// arithmetic, optimizer state round trips, the cosine schedule and global-norm gradient clipping.
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "testing.hpp"
+
+namespace bb = barbell;
+namespace optim = barbell::optim;
+using Catch::Contains;
+
+namespace {
+
+using Vec = std::vector<double>;
+
+bb::Tensor param(const Vec& v, const bb::Shape& shape) {
+  return bb::from_vector(v, shape, {bb::kF64}).requires_grad_(true);
+}
+
+// The gradient the tests feed at step k (1-based) for element i of a parameter with values p:
+// depends on the values, so an update that goes wrong changes every later step.
+Vec grad_at(const Vec& p, int k, double scale) {
+  Vec g(p.size());
+  for (size_t i = 0; i < p.size(); ++i)
+    g[i] = scale * (0.5 * p[i] + 0.1 * k * static_cast<double>(i + 1) - 0.3);
+  return g;
+}
+
+void set_grad(bb::Tensor& p, const Vec& g) { p.set_grad(bb::from_vector(g, p.shape(), {bb::kF64})); }
+
+void require_values(const bb::Tensor& t, const Vec& expected, double tol = 1e-12) {
+  auto v = t.to_vector<double>();
+  REQUIRE(v.size() == expected.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    INFO("element " << i << ": " << v[i] << " vs expected " << expected[i]);
+    REQUIRE(std::abs(v[i] - expected[i]) <= tol * (1 + std::abs(expected[i])));
+  }
+}
+
+struct SGDRef {
+  double lr, momentum, wd;
+  bool nesterov;
+  Vec buf;
+  void step(Vec& p, Vec g) {
+    for (size_t i = 0; i < p.size(); ++i) g[i] += wd * p[i];
+    if (momentum != 0) {
+      if (buf.empty())
+        buf = g;
+      else
+        for (size_t i = 0; i < p.size(); ++i) buf[i] = momentum * buf[i] + g[i];
+      for (size_t i = 0; i < p.size(); ++i) g[i] = nesterov ? g[i] + momentum * buf[i] : buf[i];
+    }
+    for (size_t i = 0; i < p.size(); ++i) p[i] -= lr * g[i];
+  }
+};
+
+struct AdamWRef {
+  double beta1, beta2, eps;
+  Vec m, v;
+  int t = 0;
+  void step(Vec& p, const Vec& g, double lr, double wd) {
+    if (m.empty()) m.assign(p.size(), 0.0), v.assign(p.size(), 0.0);
+    ++t;
+    const double bc1 = 1 - std::pow(beta1, t), bc2 = 1 - std::pow(beta2, t);
+    for (size_t i = 0; i < p.size(); ++i) {
+      m[i] = beta1 * m[i] + (1 - beta1) * g[i];
+      v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i];
+      const double mhat = m[i] / bc1, vhat = v[i] / bc2;
+      p[i] *= 1 - lr * wd;
+      p[i] -= lr * mhat / (std::sqrt(vhat) + eps);
+    }
+  }
+};
+
+// A loss of two parameters whose gradients depend on the parameters (for round-trip tests).
+bb::Tensor quad_loss(const bb::Tensor& w, const bb::Tensor& b) {
+  bb::Tensor x = bb::from_vector<float>({0.5f, -1.0f, 2.0f, 0.25f, 1.5f, -0.5f}, {2, 3});
+  bb::Tensor y = bb::add(bb::linear(x, w, b), -0.7);  // [2, 4]
+  return bb::sum(bb::mul(y, y));
+}
+
+}  // namespace
+
+TEST_CASE("SGD matches the update rule: plain, momentum, nesterov, weight decay", "[optim][sgd]") {
+  struct Case {
+    const char* name;
+    double momentum, wd;
+    bool nesterov;
+  };
+  for (Case c : {Case{"plain", 0, 0, false}, Case{"momentum", 0.9, 0, false}, Case{"nesterov", 0.8, 0, true},
+                 Case{"weight decay", 0, 0.05, false}, Case{"momentum + decay", 0.9, 0.1, false}}) {
+    INFO(c.name);
+    Vec ref = {1.0, -2.0, 0.5, 3.0, -0.25, 0.0};
+    bb::Tensor p = param(ref, {2, 3});
+    optim::SGDOptions o;
+    o.lr = 0.1;
+    o.momentum = c.momentum;
+    o.weight_decay = c.wd;
+    o.nesterov = c.nesterov;
+    optim::SGD opt({{"p", p}}, o);
+    SGDRef r{0.1, c.momentum, c.wd, c.nesterov, {}};
+    Vec initial = ref;
+    for (int k = 1; k <= 3; ++k) {
+      Vec g = grad_at(ref, k, 1.0);
+      set_grad(p, g);
+      opt.step();
+      r.step(ref, g);
+      require_values(p, ref);
+    }
+    REQUIRE(opt.steps() == 3);
+    REQUIRE(ref != initial);
+  }
+}
+
+TEST_CASE("AdamW matches the update rule with and without weight decay", "[optim][adamw]") {
+  for (double wd : {0.0, 0.1}) {
+    INFO("weight decay " << wd);
+    Vec ref = {1.0, -2.0, 0.5, 3.0, -0.25, 0.0};
+    bb::Tensor p = param(ref, {2, 3});
+    optim::AdamWOptions o;
+    o.lr = 0.01;
+    o.beta1 = 0.9;
+    o.beta2 = 0.95;
+    o.eps = 1e-8;
+    o.weight_decay = wd;
+    optim::AdamW opt({{"p", p}}, o);
+    AdamWRef r{0.9, 0.95, 1e-8, {}, {}, 0};
+    for (int k = 1; k <= 3; ++k) {
+      const double lr = k == 3 ? 0.005 : 0.01;  // the lr is read at every step
+      opt.set_lr(lr);
+      // Gradients of very different sizes: Adam's step is about lr whatever the scale.
+      Vec g = grad_at(ref, k, k == 2 ? 100.0 : 1.0);
+      set_grad(p, g);
+      opt.step();
+      r.step(ref, g, lr, wd);
+      require_values(p, ref);
+    }
+  }
+}
+
+TEST_CASE("AdamW: 1-D parameters get no weight decay unless decay_1d", "[optim][adamw]") {
+  for (bool decay_1d : {false, true}) {
+    INFO("decay_1d " << decay_1d);
+    Vec w = {1.0, -2.0, 0.5, 3.0}, b = {0.5, -1.5};
+    bb::Tensor tw = param(w, {2, 2}), tb = param(b, {2});
+    optim::AdamWOptions o;
+    o.lr = 0.05;
+    o.weight_decay = 0.5;
+    o.decay_1d = decay_1d;
+    optim::AdamW opt({{"w", tw}, {"b", tb}}, o);
+    AdamWRef rw{o.beta1, o.beta2, o.eps, {}, {}, 0}, rb{o.beta1, o.beta2, o.eps, {}, {}, 0};
+    for (int k = 1; k <= 2; ++k) {
+      Vec gw = grad_at(w, k, 1.0), gb = grad_at(b, k, 1.0);
+      set_grad(tw, gw);
+      set_grad(tb, gb);
+      opt.step();
+      rw.step(w, gw, o.lr, 0.5);
+      rb.step(b, gb, o.lr, decay_1d ? 0.5 : 0.0);
+      require_values(tw, w);
+      require_values(tb, b);
+    }
+  }
+}
+
+TEST_CASE("Optimizers skip parameters without a gradient", "[optim]") {
+  Vec a0 = {1.0, 2.0}, b0 = {3.0, 4.0};
+  bb::Tensor a = param(a0, {2}), b = param(b0, {2});
+  SECTION("AdamW") {
+    optim::AdamW opt({{"a", a}, {"b", b}}, {});
+    set_grad(a, {0.5, -0.5});
+    opt.step();
+    REQUIRE(a.to_vector<double>() != a0);
+    REQUIRE(b.to_vector<double>() == b0);
+    std::vector<std::string> names;
+    for (auto& [n, t] : opt.state_dict()) names.push_back(n);
+    REQUIRE(names == std::vector<std::string>{"step", "a.exp_avg", "a.exp_avg_sq"});
+  }
+  SECTION("SGD with momentum") {
+    optim::SGDOptions o;
+    o.momentum = 0.9;
+    optim::SGD opt({{"a", a}, {"b", b}}, o);
+    set_grad(b, {0.5, -0.5});
+    opt.step();
+    REQUIRE(a.to_vector<double>() == a0);
+    REQUIRE(b.to_vector<double>() != b0);
+  }
+  SECTION("zero_grad drops the gradients") {
+    optim::SGD opt({{"a", a}, {"b", b}}, {});
+    set_grad(a, {1, 1});
+    set_grad(b, {1, 1});
+    opt.zero_grad();
+    REQUIRE_FALSE(a.grad().defined());
+    REQUIRE_FALSE(b.grad().defined());
+    opt.step();
+    REQUIRE(a.to_vector<double>() == a0);
+  }
+}
+
+TEST_CASE("Optimizer state_dict round trip continues identically", "[optim][state]") {
+  using Make = std::function<std::unique_ptr<optim::Optimizer>(bb::NamedTensors)>;
+  auto adamw = [](bb::NamedTensors p) -> std::unique_ptr<optim::Optimizer> {
+    optim::AdamWOptions o;
+    o.lr = 0.05;
+    o.weight_decay = 0.1;
+    return std::make_unique<optim::AdamW>(std::move(p), o);
+  };
+  auto sgd = [](bb::NamedTensors p) -> std::unique_ptr<optim::Optimizer> {
+    optim::SGDOptions o;
+    o.lr = 0.01;
+    o.momentum = 0.9;
+    o.nesterov = true;
+    return std::make_unique<optim::SGD>(std::move(p), o);
+  };
+  for (auto& [kind, make] : std::vector<std::pair<std::string, Make>>{{"AdamW", adamw}, {"SGD", sgd}}) {
+    INFO(kind);
+    bb::Generator gen(7);
+    bb::Tensor w0 = bb::randn({4, 3}, {}, &gen), b0 = bb::randn({4}, {}, &gen);
+    auto fresh = [&](const bb::Tensor& w, const bb::Tensor& b) {
+      return bb::NamedTensors{{"w", w.detach().clone().requires_grad_(true)},
+                              {"b", b.detach().clone().requires_grad_(true)}};
+    };
+    auto run = [&](optim::Optimizer& opt, int steps) {
+      for (int s = 0; s < steps; ++s) {
+        opt.set_lr(0.05 / (1 + opt.steps()));
+        quad_loss(opt.named_params()[0].second, opt.named_params()[1].second).backward();
+        opt.step();
+        opt.zero_grad();
+      }
+    };
+    auto pa = fresh(w0, b0);
+    auto a = make(pa);
+    run(*a, 4);
+
+    auto pb = fresh(w0, b0);
+    auto b = make(pb);
+    run(*b, 2);
+    const std::string path = bbtest::tmp_path("optim_state_" + kind + ".safetensors");
+    bb::io::save_safetensors(path, b->state_dict());
+    auto saved = bb::io::load_safetensors(path);
+
+    auto pc = fresh(pb[0].second, pb[1].second);
+    auto c = make(pc);
+    c->load_state_dict(saved.tensors);
+    REQUIRE(c->steps() == 2);
+    run(*c, 2);
+    REQUIRE(c->steps() == 4);
+    for (size_t i = 0; i < 2; ++i) {
+      INFO(pa[i].first);
+      REQUIRE(bbtest::max_abs_diff(pc[i].second, pa[i].second) == 0.0);
+      REQUIRE(bbtest::max_abs_diff(pc[i].second, w0.shape() == pc[i].second.shape() ? w0 : b0) > 1e-4);
+    }
+    // Without the state the continuation differs (so the check above can fail).
+    auto pd = fresh(pb[0].second, pb[1].second);
+    auto d = make(pd);
+    run(*d, 2);
+    REQUIRE(bbtest::max_abs_diff(pd[0].second, pa[0].second) > 1e-7);
+  }
+}
+
+TEST_CASE("Optimizer load_state_dict validates before changing anything", "[optim][state]") {
+  bb::Tensor w = param({1, 2, 3, 4}, {2, 2});
+  optim::AdamW opt({{"w", w}}, {});
+  set_grad(w, {1, 1, 1, 1});
+  opt.step();
+  auto good = opt.state_dict();
+  REQUIRE(good.size() == 3);
+
+  bb::Tensor w2 = param({1, 2, 3, 4}, {2, 2});
+  optim::AdamW other({{"w", w2}}, {});
+  auto bad = good;
+  bad[0].second = bb::from_vector<int64_t>({7}, {});
+  bad[1].second = bb::zeros({4});  // w.exp_avg of the wrong shape
+  REQUIRE_THROWS_AS(other.load_state_dict(bad), bb::ShapeError);
+  REQUIRE_THROWS_WITH(other.load_state_dict(bad),
+                      Contains("w.exp_avg") && Contains("[4]") && Contains("[2, 2]"));
+  REQUIRE(other.steps() == 0);
+  REQUIRE(other.state_dict().size() == 1);  // still no moments
+  bb::NamedTensors no_step(good.begin() + 1, good.end());
+  REQUIRE_THROWS_AS(other.load_state_dict(no_step), bb::ValueError);
+  other.load_state_dict(good);
+  REQUIRE(other.steps() == 1);
+  REQUIRE(other.state_dict().size() == 3);
+}
+
+TEST_CASE("CosineSchedule: warm-up, cosine decay, floor", "[optim][schedule]") {
+  const double max_lr = 1.0, min_lr = 0.1;
+  optim::CosineSchedule s(max_lr, min_lr, 10, 110);
+  auto cosine = [&](int64_t step) {
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + std::cos(M_PI * static_cast<double>(step - 10) / 100.0));
+  };
+  REQUIRE(s(0) == Approx(0.1).epsilon(1e-12));  // warm-up start: max_lr * 1 / warmup
+  REQUIRE(s(4) == Approx(0.5).epsilon(1e-12));
+  REQUIRE(s(9) == Approx(1.0).epsilon(1e-12));  // warm-up end
+  REQUIRE(s(10) == Approx(1.0).epsilon(1e-12));
+  REQUIRE(s(60) == Approx(0.55).epsilon(1e-12));  // midpoint of the decay
+  REQUIRE(s(35) == Approx(cosine(35)).epsilon(1e-12));
+  REQUIRE(s(109) == Approx(cosine(109)).epsilon(1e-12));
+  REQUIRE(s(109) > min_lr);
+  REQUIRE(s(110) == Approx(min_lr).epsilon(1e-12));   // end
+  REQUIRE(s(1000) == Approx(min_lr).epsilon(1e-12));  // beyond
+  for (int64_t k = 10; k < 120; ++k) REQUIRE(s(k + 1) <= s(k));
+  optim::CosineSchedule no_warmup(2.0, 0.0, 0, 10);
+  REQUIRE(no_warmup(0) == Approx(2.0).epsilon(1e-12));
+  REQUIRE(no_warmup(5) == Approx(1.0).epsilon(1e-12));
+  REQUIRE_THROWS_AS(optim::CosineSchedule(1.0, 0.1, 20, 10), bb::ValueError);
+  REQUIRE_THROWS_AS(optim::CosineSchedule(1.0, 0.1, 0, 0), bb::ValueError);
+}
+
+TEST_CASE("clip_grad_norm_ returns the global norm and scales down to max_norm", "[optim][clip]") {
+  bb::Tensor a = param({0, 0}, {2}), b = param({0}, {1}), c = param({5}, {1});
+  set_grad(a, {3, 4});
+  set_grad(b, {12});  // global norm sqrt(9 + 16 + 144) = 13; c has no grad
+  std::vector<bb::Tensor> params = {a, b, c};
+
+  SECTION("above max_norm: scaled") {
+    double n = optim::clip_grad_norm_(params, 6.5);
+    REQUIRE(n == Approx(13.0).epsilon(1e-12));
+    require_values(a.grad(), {1.5, 2.0}, 1e-6);
+    require_values(b.grad(), {6.0}, 1e-6);
+    REQUIRE(optim::clip_grad_norm_(params, 100.0) == Approx(6.5).epsilon(1e-6));  // the new norm
+    REQUIRE_FALSE(c.grad().defined());
+  }
+  SECTION("below max_norm: unchanged") {
+    double n = optim::clip_grad_norm_(params, 20.0);
+    REQUIRE(n == Approx(13.0).epsilon(1e-12));
+    REQUIRE(a.grad().to_vector<double>() == Vec{3, 4});
+    REQUIRE(b.grad().to_vector<double>() == Vec{12});
+  }
+  SECTION("float32 gradients") {
+    bb::Tensor f = bb::zeros({3}).requires_grad_(true);
+    f.set_grad(bb::from_vector<float>({2, -2, 1}, {3}));
+    REQUIRE(optim::clip_grad_norm_({f}, 1.5) == Approx(3.0).epsilon(1e-7));
+    bbtest::require_close(f.grad(), bb::from_vector<float>({1, -1, 0.5f}, {3}), 1e-6, 1e-6);
+  }
+  REQUIRE_THROWS_AS(optim::clip_grad_norm_(params, 0.0), bb::ValueError);
+}
