@@ -26,7 +26,10 @@ struct GPTConfig {
   void validate() const;          // throws ValueError on an inconsistent config
 };
 
-// transformer.wte / wpe / h.N / ln_f, exactly Hugging Face GPT-2's module names.
+// transformer.wte / wpe / h.N / ln_f, exactly Hugging Face GPT-2's module names: GPT::state_dict() names
+// are GPT2LMHeadModel's without lm_head.weight (tied to transformer.wte.weight). Linear weights are
+// [out, in], the transpose of HF's Conv1D [in, out]: attn.c_attn, attn.c_proj, mlp.c_fc and mlp.c_proj
+// weights must be transposed when converting a checkpoint either way; every other tensor has HF's shape.
 class Transformer : public Module {
  public:
   Transformer(const GPTConfig& cfg, Generator* gen);

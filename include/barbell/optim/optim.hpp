@@ -67,8 +67,9 @@ class AdamW : public Optimizer {
   AdamWOptions options;
 };
 
-// lr(step) for step in [0, total): linear warm-up from 0 over `warmup` steps to
-// max_lr, then cosine decay to min_lr at `total`; min_lr afterwards.
+// lr(step), step 0-based: linear warm-up max_lr * (step + 1) / warmup for step < warmup (so
+// max_lr / warmup at step 0 and max_lr at step warmup - 1), then cosine decay from max_lr at
+// step warmup to min_lr at `total`; min_lr from `total` on.
 class CosineSchedule {
  public:
   CosineSchedule(double max_lr, double min_lr, int64_t warmup, int64_t total);
