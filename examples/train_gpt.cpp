@@ -230,6 +230,16 @@ int run(const Args& args) {
     bb::default_generator().set_offset(st.at("rng_offset").get<uint64_t>());
     fmt::print("resumed from {} at step {}\n", ckpt, step);
   }
+  if (args.resume) {
+    // Drop what an interrupted run logged after its last checkpoint: those steps run again.
+    std::ifstream in(metrics_path);
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      json m = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!m.is_discarded() && m.contains("step") && m["step"].get<int64_t>() <= step) kept += line + "\n";
+    }
+    std::ofstream(metrics_path, std::ios::trunc) << kept;
+  }
   std::ofstream metrics(metrics_path, args.resume ? std::ios::app : std::ios::trunc);
   BB_CHECK(metrics.good(), bb::IOError, "barbell-train: cannot write {}", metrics_path);
 

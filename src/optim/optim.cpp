@@ -10,7 +10,7 @@
 
 namespace barbell::optim {
 
-Optimizer::Optimizer(NamedTensors params) : params_(std::move(params)) {
+Optimizer::Optimizer(NamedTensors params) : params_(std::move(params)), param_steps_(params_.size(), 0) {
   for (auto& [n, p] : params_) {
     BB_CHECK(p.defined() && is_floating(p.dtype()), DTypeError, "optimizer: parameter '{}' must be a floating tensor",
              n);
@@ -24,9 +24,11 @@ void Optimizer::zero_grad() {
 NamedTensors Optimizer::state_dict() const {
   NamedTensors s;
   s.emplace_back("step", from_vector<int64_t>({step_}, {}));
-  for (size_t i = 0; i < params_.size(); ++i)
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (param_steps_[i] > 0) s.emplace_back(params_[i].first + ".step", from_vector<int64_t>({param_steps_[i]}, {}));
     for (size_t k = 0; k < slot_names_.size(); ++k)
       if (slots_[i][k].defined()) s.emplace_back(params_[i].first + "." + slot_names_[k], slots_[i][k]);
+  }
   return s;
 }
 
@@ -45,6 +47,12 @@ void Optimizer::load_state_dict(const NamedTensors& state) {
                shape_str(s->second.shape()), shape_str(params_[i].second.shape()));
     }
   step_ = it->second.item<int64_t>();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto ps = byname.find(params_[i].first + ".step");
+    // Checkpoints without per-parameter counts: every parameter was updated every step.
+    bool has_slot = !slot_names_.empty() && byname.count(params_[i].first + "." + slot_names_[0]);
+    param_steps_[i] = ps != byname.end() ? ps->second.item<int64_t>() : (has_slot ? step_ : 0);
+  }
   for (size_t i = 0; i < params_.size(); ++i)
     for (size_t k = 0; k < slot_names_.size(); ++k) {
       auto s = byname.find(params_[i].first + "." + slot_names_[k]);
@@ -102,7 +110,9 @@ void AdamW::step() {
       s[1] = zeros(p.shape(), {dt, p.device()});
     }
     double wd = (p.dim() >= 2 || options.decay_1d) ? options.weight_decay : 0.0;
-    AdamWParams ap{lr_, options.beta1, options.beta2, options.eps, wd, step_};
+    // Bias correction counts this parameter's own updates, as PyTorch does: a
+    // parameter whose first gradient arrives late is not under-corrected.
+    AdamWParams ap{lr_, options.beta1, options.beta2, options.eps, wd, ++param_steps_[i]};
     Tensor gc = grad.contiguous();
     adamw_step_(p, gc, s[0], s[1], ap);
   }

@@ -25,7 +25,7 @@ class Optimizer {
   int64_t steps() const { return step_; }
   const NamedTensors& named_params() const { return params_; }
 
-  // Optimizer state ("step", and per parameter "<name>.<slot>") for checkpoints;
+  // Optimizer state ("step", and per parameter "<name>.step" and "<name>.<slot>") for checkpoints;
   // load_state_dict validates names and shapes before changing anything.
   virtual NamedTensors state_dict() const;
   virtual void load_state_dict(const NamedTensors& state);
@@ -34,6 +34,7 @@ class Optimizer {
   NamedTensors params_;
   std::vector<std::vector<Tensor>> slots_;      // per parameter, per slot name
   std::vector<std::string> slot_names_;
+  std::vector<int64_t> param_steps_;             // updates each parameter has had (bias correction)
   double lr_ = 1e-3;
   int64_t step_ = 0;
 };
