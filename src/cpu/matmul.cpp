@@ -66,8 +66,8 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         fill(c, 0.0);
         return;
       }
-      // Many small products: spread the batch over threads; large ones: BLAS threads.
-      // A few tiny products stay on this thread: a parallel region costs more than
+      // Many small products: spread the batch over threads; large ones use BLAS's
+      // threads. A few tiny products stay on this thread: a parallel region costs more than
       // they do, and much more when the cores are busy with other work.
 #pragma omp parallel for if (small && batch > 1 && batch * M * N * K >= 32768)
       for (int64_t bi = 0; bi < batch; ++bi) one(bi);
