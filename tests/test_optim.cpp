@@ -176,7 +176,7 @@ TEST_CASE("Optimizers skip parameters without a gradient", "[optim]") {
     REQUIRE(b.to_vector<double>() == b0);
     std::vector<std::string> names;
     for (auto& [n, t] : opt.state_dict()) names.push_back(n);
-    REQUIRE(names == std::vector<std::string>{"step", "a.exp_avg", "a.exp_avg_sq"});
+    REQUIRE(names == std::vector<std::string>{"step", "a.step", "a.exp_avg", "a.exp_avg_sq"});
   }
   SECTION("SGD with momentum") {
     optim::SGDOptions o;
@@ -266,13 +266,14 @@ TEST_CASE("Optimizer load_state_dict validates before changing anything", "[opti
   set_grad(w, {1, 1, 1, 1});
   opt.step();
   auto good = opt.state_dict();
-  REQUIRE(good.size() == 3);
+  REQUIRE(good.size() == 4);  // step, w.step, w.exp_avg, w.exp_avg_sq
 
   bb::Tensor w2 = param({1, 2, 3, 4}, {2, 2});
   optim::AdamW other({{"w", w2}}, {});
   auto bad = good;
   bad[0].second = bb::from_vector<int64_t>({7}, {});
-  bad[1].second = bb::zeros({4});  // w.exp_avg of the wrong shape
+  REQUIRE(bad[2].first == "w.exp_avg");
+  bad[2].second = bb::zeros({4});  // w.exp_avg of the wrong shape
   REQUIRE_THROWS_AS(other.load_state_dict(bad), bb::ShapeError);
   REQUIRE_THROWS_WITH(other.load_state_dict(bad),
                       Contains("w.exp_avg") && Contains("[4]") && Contains("[2, 2]"));
@@ -282,7 +283,32 @@ TEST_CASE("Optimizer load_state_dict validates before changing anything", "[opti
   REQUIRE_THROWS_AS(other.load_state_dict(no_step), bb::ValueError);
   other.load_state_dict(good);
   REQUIRE(other.steps() == 1);
-  REQUIRE(other.state_dict().size() == 3);
+  REQUIRE(other.state_dict().size() == 4);
+}
+
+TEST_CASE("AdamW bias correction counts each parameter's own updates", "[optim]") {
+  // b gets its first gradient at the optimizer's third step: its update must be a
+  // first AdamW step (bias corrections 1 - beta^1), exactly as a fresh optimizer's.
+  bb::Tensor a = param({1.0, 2.0}, {2}), b = param({3.0, -4.0}, {2});
+  optim::AdamWOptions o;
+  o.lr = 0.1;
+  o.weight_decay = 0.0;
+  optim::AdamW opt({{"a", a}, {"b", b}}, o);
+  for (int i = 0; i < 2; ++i) {
+    set_grad(a, {0.5, -0.5});
+    opt.step();
+  }
+  set_grad(a, {0.5, -0.5});
+  set_grad(b, {0.25, 1.0});
+  opt.step();
+  bb::Tensor b_ref = param({3.0, -4.0}, {2});
+  optim::AdamW fresh({{"b", b_ref}}, o);
+  set_grad(b_ref, {0.25, 1.0});
+  fresh.step();
+  bbtest::require_close(b, b_ref, 1e-15, 0);
+  // A first Adam step moves each coordinate by about lr against its gradient's sign.
+  REQUIRE(b.to_vector<double>()[0] == Approx(3.0 - 0.1).epsilon(1e-6));
+  REQUIRE(opt.state_dict().size() == 7);  // step, and a/b: step, exp_avg, exp_avg_sq
 }
 
 TEST_CASE("CosineSchedule: warm-up, cosine decay, floor", "[optim][schedule]") {

@@ -136,6 +136,7 @@ Tensor pow(const Tensor& a, double e) {
   Tensor out = unary_forward(cpu::UnaryOp::PowScalar, "pow", a, e);
   Tensor ad = a.detach();
   autograd::record("pow_scalar", out, {a}, [ad, e](const Tensor& g) -> std::vector<Tensor> {
+    if (e == 0.0) return {zeros_like(g)};  // not 0 * x^-1, which is NaN at x = 0
     return {mul(mul(g, pow(ad, e - 1.0)), e)};
   });
   return out;
