@@ -50,6 +50,18 @@ void embedding_backward(const Tensor& dweight, const Tensor& dy, const Tensor& i
   });
 }
 
+namespace {
+// Max and sum of exp(x - max) of one row of logits: its softmax's normaliser.
+template <typename A, typename T>
+std::pair<A, A> row_max_sumexp(const T* row, int64_t V) {
+  A m = -std::numeric_limits<A>::infinity();
+  for (int64_t i = 0; i < V; ++i) m = std::max(m, A(row[i]));
+  A s = 0;
+  for (int64_t i = 0; i < V; ++i) s += std::exp(A(row[i]) - m);
+  return {m, s};
+}
+}  // namespace
+
 int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& targets, int64_t rows, int64_t V,
                       int64_t ignore_index) {
   // Per-row losses summed in row order: deterministic whatever the threads do.
@@ -67,10 +79,7 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
         int64_t t = int64_t(pt[r]);
         if (t == ignore_index) continue;
         const T* row = pl + r * V;
-        A m = -std::numeric_limits<A>::infinity();
-        for (int64_t i = 0; i < V; ++i) m = std::max(m, A(row[i]));
-        A s = 0;
-        for (int64_t i = 0; i < V; ++i) s += std::exp(A(row[i]) - m);
+        auto [m, s] = row_max_sumexp<A>(row, V);
         row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
         counted[static_cast<size_t>(r)] = 1;
       }
@@ -110,10 +119,7 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
           continue;
         }
         const T* row = pl + r * V;
-        A m = -std::numeric_limits<A>::infinity();
-        for (int64_t i = 0; i < V; ++i) m = std::max(m, A(row[i]));
-        A s = 0;
-        for (int64_t i = 0; i < V; ++i) s += std::exp(A(row[i]) - m);
+        auto [m, s] = row_max_sumexp<A>(row, V);
         A inv = A(1) / s;
         for (int64_t i = 0; i < V; ++i) d[i] = T(std::exp(A(row[i]) - m) * inv * sc);
         d[t] = T(A(d[t]) - sc);
