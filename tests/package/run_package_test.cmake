@@ -70,6 +70,10 @@ if(HAVE_CUDA AND NOT config_hpp MATCHES "#define BARBELL_HAVE_CUDA 1")
   message(FATAL_ERROR "package test: installed config.hpp does not say BARBELL_HAVE_CUDA 1:\n${config_hpp}")
 endif()
 message(STATUS "package test: installed files present (${prefix})")
+# An installed program must find the installed library through its own RPATH.
+if(EXISTS ${prefix}/bin/barbell-train)
+  step("run installed barbell-train --help" ${prefix}/bin/barbell-train --help)
+endif()
 
 # 3. Configure, build and run the consumer against the prefix only.
 set(consumer_args
