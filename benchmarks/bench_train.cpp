@@ -159,6 +159,7 @@ json bench_preset(const Shape& s, int64_t steps_flag, double seconds, int warmup
 }  // namespace
 
 int main(int argc, char** argv) {
+  bb::prefer_passive_omp_wait(argv);  // as barbell-train does; OMP_WAIT_POLICY=active to compare
   std::string presets = "tiny,small,medium";
   int64_t steps = 0;
   double seconds = 6.0;

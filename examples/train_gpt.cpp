@@ -364,6 +364,7 @@ int run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  barbell::prefer_passive_omp_wait(argv);
   Args a;
   CLI::App app{"barbell-train: train a GPT on the CPU (synthetic addition by default, or --data FILE)"};
   app.add_option("--data", a.data, "Text file (byte-level) or llm.c token shard (.bin); default: synthetic addition");

@@ -1,6 +1,8 @@
 // CPU elementwise kernels: strided cast-copy, fill, binary and unary ops, the
 // activations' derivatives, where. Arithmetic in float (double for f64).
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
@@ -36,18 +38,38 @@ inline Out convert(In v) {
 
 constexpr double kSqrt2OverPi = 0.7978845608028654;
 
-// tanh through one exp: libm's tanhf is several times slower and dominated GELU.
-// Absolute error about 1e-7, which is what GELU needs; f64 keeps std::tanh.
+constexpr double kInvSqrt2 = 0.7071067811865476;
+
+// exp for float as plain arithmetic (2^k by exponent bits, 2^f by a degree-6
+// polynomial, relative error ~2e-7) so loops over it vectorise; libm's expf and
+// tanhf are scalar calls and dominated GELU's cost.
+inline float vec_expf(float x) {
+  x = x > 88.0f ? 88.0f : x;  // selects, not std::min/max: they vectorise
+  x = x < -87.0f ? -87.0f : x;
+  float t = x * 1.4426950408889634f;  // x / ln 2
+  // Round to nearest by the 1.5 * 2^23 trick: SSE2 has no floor instruction.
+  float k = (t + 12582912.0f) - 12582912.0f;
+  float f = (t - k) * 0.6931471805599453f;  // in [-ln2/2, ln2/2]
+  float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
+  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return p * scale;
+}
+
+// tanh through one exp: absolute error about 1e-7, which is what GELU needs; f64
+// keeps std::tanh.
 template <typename A>
 inline A fast_tanh(A u) {
   if constexpr (std::is_same_v<A, float>) {
-    float e = std::exp(2.0f * std::min(std::max(u, -20.0f), 20.0f));
+    u = u > 20.0f ? 20.0f : u;
+    u = u < -20.0f ? -20.0f : u;
+    float e = vec_expf(2.0f * u);
     return 1.0f - 2.0f / (e + 1.0f);
   } else {
     return std::tanh(u);
   }
 }
-constexpr double kInvSqrt2 = 0.7071067811865476;
 
 template <typename A>
 inline A apply_unary(UnaryOp op, A x, A s) {
@@ -115,6 +137,45 @@ inline A apply_binary(BinaryOp op, A a, A b) {
   return a;
 }
 
+// Calls f with the op as a compile-time constant, so each loop is specialised (and
+// vectorised) for its op instead of switching per element.
+template <UnaryOp OP>
+using UnaryTag = std::integral_constant<UnaryOp, OP>;
+template <typename F>
+void with_unary_op(UnaryOp op, F&& f) {
+  switch (op) {
+    case UnaryOp::Neg: return f(UnaryTag<UnaryOp::Neg>{});
+    case UnaryOp::Exp: return f(UnaryTag<UnaryOp::Exp>{});
+    case UnaryOp::Log: return f(UnaryTag<UnaryOp::Log>{});
+    case UnaryOp::Sqrt: return f(UnaryTag<UnaryOp::Sqrt>{});
+    case UnaryOp::Rsqrt: return f(UnaryTag<UnaryOp::Rsqrt>{});
+    case UnaryOp::Tanh: return f(UnaryTag<UnaryOp::Tanh>{});
+    case UnaryOp::Relu: return f(UnaryTag<UnaryOp::Relu>{});
+    case UnaryOp::Silu: return f(UnaryTag<UnaryOp::Silu>{});
+    case UnaryOp::GeluTanh: return f(UnaryTag<UnaryOp::GeluTanh>{});
+    case UnaryOp::GeluErf: return f(UnaryTag<UnaryOp::GeluErf>{});
+    case UnaryOp::Abs: return f(UnaryTag<UnaryOp::Abs>{});
+    case UnaryOp::AddScalar: return f(UnaryTag<UnaryOp::AddScalar>{});
+    case UnaryOp::MulScalar: return f(UnaryTag<UnaryOp::MulScalar>{});
+    case UnaryOp::PowScalar: return f(UnaryTag<UnaryOp::PowScalar>{});
+    case UnaryOp::RSubScalar: return f(UnaryTag<UnaryOp::RSubScalar>{});
+    case UnaryOp::RDivScalar: return f(UnaryTag<UnaryOp::RDivScalar>{});
+  }
+}
+
+// The activations that have a backward kernel.
+template <typename F>
+void with_activation(UnaryOp op, F&& f) {
+  switch (op) {
+    case UnaryOp::Relu: return f(UnaryTag<UnaryOp::Relu>{});
+    case UnaryOp::Silu: return f(UnaryTag<UnaryOp::Silu>{});
+    case UnaryOp::GeluTanh: return f(UnaryTag<UnaryOp::GeluTanh>{});
+    case UnaryOp::GeluErf: return f(UnaryTag<UnaryOp::GeluErf>{});
+    case UnaryOp::Abs: return f(UnaryTag<UnaryOp::Abs>{});
+    default: throw Error("activation backward: internal error: no derivative kernel for this op");
+  }
+}
+
 }  // namespace
 
 void copy(const Tensor& dst, const Tensor& src) {
@@ -159,26 +220,37 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
     const T* pa = static_cast<const T*>(a.data_ptr());
     const T* pb = static_cast<const T*>(b.data_ptr());
     const A al = static_cast<A>(alpha);
-    auto body = [&](auto* po) {
+    auto body = [&](auto* po, auto otag) {
       using O = std::remove_pointer_t<decltype(po)>;
+      constexpr BinaryOp OP = decltype(otag)::value;
       run_plan(plan, [&](int64_t n, const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st) {
         O* o = po + off[0];
         const T* x = pa + off[1];
         const T* y = pb + off[2];
         // The common cases get loops the compiler can vectorise.
         if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && st[2] == 1) {
-          for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(op, A(x[i]), A(y[i])));
+          for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(OP, A(x[i]), A(y[i])));
         } else if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && st[2] == 0) {
           const A yv = A(y[0]);
-          for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(op, A(x[i]), yv));
+          for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(OP, A(x[i]), yv));
         } else {
           for (int64_t i = 0; i < n; ++i)
-            o[i * st[0]] = convert<O>(apply_binary<A>(op, A(x[i * st[1]]), al * A(y[i * st[2]])));
+            o[i * st[0]] = convert<O>(apply_binary<A>(OP, A(x[i * st[1]]), al * A(y[i * st[2]])));
         }
       });
     };
-    if (op == BinaryOp::Eq) body(static_cast<bool*>(out.data_ptr()));
-    else body(static_cast<T*>(out.data_ptr()));
+    using BT = BinaryOp;
+    T* pt = static_cast<T*>(out.data_ptr());
+    // The op as a compile-time constant: one specialised loop per op.
+    switch (op) {
+      case BT::Add: return body(pt, std::integral_constant<BT, BT::Add>{});
+      case BT::Sub: return body(pt, std::integral_constant<BT, BT::Sub>{});
+      case BT::Mul: return body(pt, std::integral_constant<BT, BT::Mul>{});
+      case BT::Div: return body(pt, std::integral_constant<BT, BT::Div>{});
+      case BT::Pow: return body(pt, std::integral_constant<BT, BT::Pow>{});
+      case BT::Max: return body(pt, std::integral_constant<BT, BT::Max>{});
+      case BT::Eq: return body(static_cast<bool*>(out.data_ptr()), std::integral_constant<BT, BT::Eq>{});
+    }
   });
 }
 
@@ -193,14 +265,17 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& x, double scalar) {
       const T* px = static_cast<const T*>(x.data_ptr());
       T* po = static_cast<T*>(out.data_ptr());
       const A s = static_cast<A>(scalar);
-      run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
-        T* o = po + off[0];
-        const T* in = px + off[1];
-        if (st[0] == 1 && st[1] == 1) {
-          for (int64_t i = 0; i < n; ++i) o[i] = convert<T>(apply_unary<A>(op, A(in[i]), s));
-        } else {
-          for (int64_t i = 0; i < n; ++i) o[i * st[0]] = convert<T>(apply_unary<A>(op, A(in[i * st[1]]), s));
-        }
+      with_unary_op(op, [&](auto otag) {
+        constexpr UnaryOp OP = decltype(otag)::value;
+        run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
+          T* o = po + off[0];
+          const T* in = px + off[1];
+          if (st[0] == 1 && st[1] == 1) {
+            for (int64_t i = 0; i < n; ++i) o[i] = convert<T>(apply_unary<A>(OP, A(in[i]), s));
+          } else {
+            for (int64_t i = 0; i < n; ++i) o[i * st[0]] = convert<T>(apply_unary<A>(OP, A(in[i * st[1]]), s));
+          }
+        });
       });
     }
   });
@@ -214,15 +289,18 @@ void unary_backward(UnaryOp op, const Tensor& dx, const Tensor& dy, const Tensor
     T* pdx = static_cast<T*>(dx.data_ptr());
     const T* pdy = static_cast<const T*>(dy.data_ptr());
     const T* px = static_cast<const T*>(x.data_ptr());
-    run_plan(plan, [&](int64_t n, const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st) {
-      T* o = pdx + off[0];
-      const T* g = pdy + off[1];
-      const T* in = px + off[2];
-      if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
-        for (int64_t i = 0; i < n; ++i) o[i] = T(A(g[i]) * unary_grad<A>(op, A(in[i])));
-      } else {
-        for (int64_t i = 0; i < n; ++i) o[i * st[0]] = T(A(g[i * st[1]]) * unary_grad<A>(op, A(in[i * st[2]])));
-      }
+    with_activation(op, [&](auto otag) {
+      constexpr UnaryOp OP = decltype(otag)::value;
+      run_plan(plan, [&](int64_t n, const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& st) {
+        T* o = pdx + off[0];
+        const T* g = pdy + off[1];
+        const T* in = px + off[2];
+        if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
+          for (int64_t i = 0; i < n; ++i) o[i] = T(A(g[i]) * unary_grad<A>(OP, A(in[i])));
+        } else {
+          for (int64_t i = 0; i < n; ++i) o[i * st[0]] = T(A(g[i * st[1]]) * unary_grad<A>(OP, A(in[i * st[2]])));
+        }
+      });
     });
   });
 }
