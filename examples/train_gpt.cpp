@@ -145,6 +145,16 @@ std::string model_json(const bb::nn::GPTConfig& c) {
       .dump();
 }
 
+// The settings a resumed run must share with the run it continues, or its losses
+// would not be the ones an uninterrupted run gets. (--steps may change: with the same
+// schedule shape a run can be extended.)
+json run_json(const Args& a) {
+  return {{"data", a.data.empty() ? "addition" : a.data}, {"digits", a.digits}, {"reverse", a.reverse},
+          {"seed", a.seed}, {"batch", a.batch}, {"seq_len", a.data.empty() ? 0 : a.seq_len},
+          {"dropout", a.dropout}, {"lr", a.lr}, {"min_lr", a.min_lr}, {"warmup", a.warmup},
+          {"weight_decay", a.weight_decay}, {"grad_clip", a.grad_clip}};
+}
+
 int run(const Args& args) {
   auto t_start = Clock::now();
   if (args.threads > 0) bb::set_num_threads(args.threads);
@@ -223,6 +233,15 @@ int run(const Args& args) {
     }
     model.load_state_dict(model_state);
     opt.load_state_dict(opt_state);
+    json saved_run = json::parse(meta.count("barbell.run") ? meta["barbell.run"] : "{}", nullptr, false);
+    json now_run = run_json(args);
+    std::string diffs;
+    for (auto& [k, v] : now_run.items())
+      if (!saved_run.is_object() || !saved_run.contains(k) || saved_run[k] != v)
+        diffs += fmt::format(" --{}: checkpoint {}, now {};", k,
+                             saved_run.is_object() && saved_run.contains(k) ? saved_run[k].dump() : "(none)", v.dump());
+    BB_CHECK(diffs.empty(), bb::ValueError, "barbell-train: --resume: {} was trained with other settings:{}", ckpt,
+             diffs);
     json st = json::parse(meta.at("barbell.train_state"));
     step = st.at("step").get<int64_t>();
     train_src->set_state(st.at("data"));
@@ -253,6 +272,7 @@ int run(const Args& args) {
     bb::io::save_safetensors(ckpt, all,
                              {{"format", "pt"},
                               {"barbell.model", model_json(cfg)},
+                              {"barbell.run", run_json(args).dump()},
                               {"barbell.train_state", st.dump()},
                               {"barbell.data", args.data.empty() ? "addition" : args.data}});
   };
@@ -262,11 +282,12 @@ int run(const Args& args) {
   auto evaluate = [&](int64_t at_step) {
     json m = {{"step", at_step}};
     model.eval();
-    if (task) {
+    if (task && !held_out.empty()) {
       double acc = addition_accuracy(model, *task, held_out);
       m["accuracy"] = acc;
       fmt::print("eval step {}: exact match {:.2f}% on {} held-out problems\n", at_step, 100 * acc, held_out.size());
-    } else {
+    } else if (val_src) {
+      val_src->set_state(json{{"batches", 0}});  // the same validation batches every time
       double vl = eval_loss(model, *val_src, 10);
       m["val_loss"] = vl;
       fmt::print("eval step {}: validation loss {:.4f}\n", at_step, vl);
@@ -318,8 +339,9 @@ int run(const Args& args) {
       else fmt::print("{}\n", line);
       std::fflush(stdout);
     }
-    if (args.eval_every > 0 && step % args.eval_every == 0 && step < args.steps) evaluate(step);
+    // Save first: a failure in evaluation must not cost the training done since the last save.
     if (args.save_every > 0 && step % args.save_every == 0 && step < args.steps) save(step);
+    if (args.eval_every > 0 && step % args.eval_every == 0 && step < args.steps) evaluate(step);
     if (args.time_limit > 0 && std::chrono::duration<double>(Clock::now() - t_start).count() > args.time_limit) {
       fmt::print("\ntime limit of {} s reached at step {}\n", args.time_limit, step);
       stopped_early = true;
@@ -327,8 +349,8 @@ int run(const Args& args) {
     }
   }
   if (tty) fmt::print("\n");
-  json final_metrics = evaluate(step);
   save(step);
+  evaluate(step);
   fmt::print("checkpoint: {} (step {})\nmetrics: {}\n", ckpt, step, metrics_path);
 
   // Samples.
@@ -357,7 +379,6 @@ int run(const Args& args) {
   }
   double total = std::chrono::duration<double>(Clock::now() - t_start).count();
   fmt::print("done in {}{}\n", fmt_duration(total), stopped_early ? " (stopped by --time-limit)" : "");
-  (void)final_metrics;
   return 0;
 }
 

@@ -71,6 +71,10 @@ bool needs_grad(const std::vector<Tensor>& inputs) {
 
 bool record(const char* op, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn backward) {
   if (!needs_grad(inputs)) return false;
+  // An op that returns one of its inputs as is (an identity Function) must not make
+  // that input a non-leaf: the output becomes a fresh alias of the same storage.
+  for (auto& t : inputs)
+    if (t.defined() && t.same(out)) out = t.detach();
   auto node = std::make_shared<LambdaNode>(op, std::move(backward));
   node->next.reserve(inputs.size());
   for (auto& t : inputs) node->next.push_back(grad_edge(t));
@@ -123,6 +127,9 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
     }
     BB_CHECK(g.shape() == r.shape(), ShapeError, "backward: gradient of shape {} for an output of shape {}",
              shape_str(g.shape()), shape_str(r.shape()));
+    BB_CHECK(g.dtype() == r.dtype() && g.device() == r.device(), DTypeError,
+             "backward: gradient is {} on {} but the output {} is {} on {}", dtype_name(g.dtype()), g.device().str(),
+             shape_str(r.shape()), dtype_name(r.dtype()), r.device().str());
     root_nodes.push_back(grad_edge(r));
     root_grads.push_back(g);
   }

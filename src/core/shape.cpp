@@ -12,7 +12,11 @@ std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, 
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (auto d : s) n *= d;
+  for (auto d : s) {
+    // A product past int64 would wrap and size a buffer too small for its shape.
+    BB_CHECK(!__builtin_mul_overflow(n, d, &n), ShapeError, "shape {}: the element count overflows int64",
+             shape_str(s));
+  }
   return n;
 }
 
@@ -21,7 +25,8 @@ Shape contiguous_strides(const Shape& s) {
   int64_t acc = 1;
   for (int64_t i = static_cast<int64_t>(s.size()) - 1; i >= 0; --i) {
     st[i] = acc;
-    acc *= std::max<int64_t>(s[i], 1);
+    BB_CHECK(!__builtin_mul_overflow(acc, std::max<int64_t>(s[i], 1), &acc), ShapeError,
+             "shape {}: strides overflow int64", shape_str(s));
   }
   return st;
 }

@@ -62,6 +62,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         else
           cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, 1.0, pa + oa, da.ld, pb + ob, db.ld, 0.0, pc + oc, N);
       };
+      if (M == 0 || N == 0) return;  // nothing to write; BLAS rejects ldc = 0
       if (K == 0) {
         fill(c, 0.0);
         return;

@@ -11,6 +11,7 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   Shape cs(a.shape().begin(), a.shape().end() - 1);
   cs.push_back(b.shape().back());
   detail::require_cpu("matmul", a);
+  detail::check_same_dtype("matmul", a, b);
   DType dt = a.dtype();
   bool low = dt == DType::BF16 || dt == DType::F16;
   // 16-bit operands are multiplied in f32 on the CPU, as the GPU accumulates in f32.

@@ -97,9 +97,10 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
 namespace {
 std::pair<Tensor, Tensor> max_impl(const Tensor& x, int64_t dim, bool keepdim, bool want_values, const char* op) {
   detail::check_defined(op, {&x});
-  BB_CHECK(x.numel() > 0, ShapeError, "{}: empty tensor of shape {}", op, shape_str(x.shape()));
   int64_t d = wrap_dim(dim, std::max<int64_t>(x.dim(), 1), op);
   Tensor xx = x.dim() == 0 ? x.reshape({1}) : x;
+  // Only the reduced dim must be non-empty: max over dim 1 of [0, V] is [0].
+  BB_CHECK(xx.shape()[d] > 0, ShapeError, "{}: dim {} of shape {} is empty", op, d, shape_str(x.shape()));
   ReduceLayout L = layout(xx, {d}, keepdim, op);
   Tensor values = want_values ? empty(L.out, x.options()) : Tensor();
   Tensor idx = empty(L.out, {DType::I64, x.device()});
