@@ -363,3 +363,28 @@ TEST_CASE("clip_grad_norm_ returns the global norm and scales down to max_norm",
   }
   REQUIRE_THROWS_AS(optim::clip_grad_norm_(params, 0.0), bb::ValueError);
 }
+
+TEST_CASE("Optimizer load_state_dict refuses foreign or partial state", "[optim][state]") {
+  bb::Tensor w = param({1, 2, 3, 4}, {2, 2});
+  optim::AdamW adam({{"w", w}}, {});
+  set_grad(w, {1, 1, 1, 1});
+  adam.step();
+  auto good = adam.state_dict();
+
+  bb::Tensor w2 = param({1, 2, 3, 4}, {2, 2});
+  optim::SGDOptions so;
+  so.momentum = 0.9;
+  optim::SGD sgd({{"w", w2}}, so);
+  // AdamW's state is not SGD's: its slot names are unexpected entries.
+  REQUIRE_THROWS_WITH(sgd.load_state_dict(good), Contains("unexpected entry") && Contains("w.exp_avg"));
+  REQUIRE(sgd.steps() == 0);
+
+  optim::AdamW other({{"w", w2}}, {});
+  bb::NamedTensors partial;
+  for (auto& [n, t] : good)
+    if (n != "w.exp_avg_sq") partial.emplace_back(n, t);
+  REQUIRE_THROWS_WITH(other.load_state_dict(partial), Contains("'w'") && Contains("1 of its 2"));
+  REQUIRE(other.steps() == 0);
+  other.load_state_dict(good);
+  REQUIRE(other.steps() == 1);
+}

@@ -36,41 +36,60 @@ void Optimizer::load_state_dict(const NamedTensors& state) {
   std::map<std::string, Tensor> byname(state.begin(), state.end());
   auto it = byname.find("step");
   BB_CHECK(it != byname.end() && it->second.numel() == 1, ValueError, "optimizer load_state_dict: no 'step' entry");
-  // Validate everything first.
-  for (size_t i = 0; i < params_.size(); ++i)
-    for (size_t k = 0; k < slot_names_.size(); ++k) {
-      std::string name = params_[i].first + "." + slot_names_[k];
-      auto s = byname.find(name);
-      if (s == byname.end()) continue;
-      BB_CHECK(s->second.shape() == params_[i].second.shape(), ShapeError,
+  // Validate everything before changing anything: every name known, every shape
+  // right, a parameter's slots present together or not at all.
+  std::map<std::string, int> known{{"step", 0}};
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const std::string& pn = params_[i].first;
+    known[pn + ".step"] = 0;
+    auto ps = byname.find(pn + ".step");
+    BB_CHECK(ps == byname.end() || ps->second.numel() == 1, ShapeError,
+             "optimizer load_state_dict: '{}.step' has shape {}, expected one value", pn, shape_str(ps->second.shape()));
+    size_t present = 0;
+    for (auto& slot : slot_names_) {
+      std::string name = pn + "." + slot;
+      known[name] = 0;
+      auto sl = byname.find(name);
+      if (sl == byname.end()) continue;
+      ++present;
+      BB_CHECK(sl->second.shape() == params_[i].second.shape(), ShapeError,
                "optimizer load_state_dict: '{}' has shape {} but the parameter is {}", name,
-               shape_str(s->second.shape()), shape_str(params_[i].second.shape()));
+               shape_str(sl->second.shape()), shape_str(params_[i].second.shape()));
     }
+    BB_CHECK(present == 0 || present == slot_names_.size(), ValueError,
+             "optimizer load_state_dict: parameter '{}' has {} of its {} state tensors", pn, present,
+             slot_names_.size());
+  }
+  for (auto& [name, t] : state)
+    BB_CHECK(known.count(name), ValueError,
+             "optimizer load_state_dict: unexpected entry '{}' (a state of another optimizer or model?)", name);
+
   step_ = it->second.item<int64_t>();
   for (size_t i = 0; i < params_.size(); ++i) {
-    auto ps = byname.find(params_[i].first + ".step");
+    const std::string& pn = params_[i].first;
+    auto ps = byname.find(pn + ".step");
     // Checkpoints without per-parameter counts: every parameter was updated every step.
-    bool has_slot = !slot_names_.empty() && byname.count(params_[i].first + "." + slot_names_[0]);
+    bool has_slot = !slot_names_.empty() && byname.count(pn + "." + slot_names_[0]);
     param_steps_[i] = ps != byname.end() ? ps->second.item<int64_t>() : (has_slot ? step_ : 0);
-  }
-  for (size_t i = 0; i < params_.size(); ++i)
     for (size_t k = 0; k < slot_names_.size(); ++k) {
-      auto s = byname.find(params_[i].first + "." + slot_names_[k]);
-      if (s == byname.end()) {
-        slots_[i][k] = Tensor();
-        continue;
-      }
+      auto sl = byname.find(pn + "." + slot_names_[k]);
       const Tensor& p = params_[i].second;
-      DType dt = p.dtype() == DType::F64 ? DType::F64 : DType::F32;
-      slots_[i][k] = s->second.detach().to(p.device(), dt).contiguous().clone();
+      slots_[i][k] = sl == byname.end() ? Tensor()
+                                        : sl->second.detach().to(p.device(), slot_dtype(p)).contiguous().clone();
     }
+  }
 }
+
+DType Optimizer::slot_dtype(const Tensor& p) const { return p.dtype() == DType::F64 ? DType::F64 : DType::F32; }
 
 SGD::SGD(NamedTensors params, SGDOptions opts) : Optimizer(std::move(params)), options(opts) {
   lr_ = opts.lr;
   slot_names_ = {"momentum_buffer"};
   slots_.assign(params_.size(), std::vector<Tensor>(1));
 }
+
+// The momentum buffer is added to gradients, so it keeps their dtype.
+DType SGD::slot_dtype(const Tensor& p) const { return p.dtype(); }
 
 void SGD::step() {
   NoGradGuard g;

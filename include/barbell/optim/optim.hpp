@@ -35,6 +35,8 @@ class Optimizer {
   std::vector<std::vector<Tensor>> slots_;      // per parameter, per slot name
   std::vector<std::string> slot_names_;
   std::vector<int64_t> param_steps_;             // updates each parameter has had (bias correction)
+  // The dtype a parameter's state tensors are kept in.
+  virtual DType slot_dtype(const Tensor& param) const;
   double lr_ = 1e-3;
   int64_t step_ = 0;
 };
@@ -51,6 +53,9 @@ class SGD : public Optimizer {
   SGD(NamedTensors params, SGDOptions opts);
   void step() override;
   SGDOptions options;
+
+ protected:
+  DType slot_dtype(const Tensor& param) const override;
 };
 
 struct AdamWOptions {
