@@ -1,5 +1,7 @@
 // The synthetic addition task: encoding, the held-out split, and training batches
 // (targets masked on the prompt, held-out problems never drawn).
+#include <set>
+
 #include "testing.hpp"
 
 namespace bb = barbell;
@@ -63,4 +65,13 @@ TEST_CASE("AdditionTask held-out set: about 1 in 20 problems, fixed, all held ou
   auto h1 = task.held_out(100), h2 = task.held_out(100);
   REQUIRE(h1 == h2);
   for (auto& [a, b] : h1) REQUIRE(task.is_held_out(a, b));
+}
+
+TEST_CASE("AdditionTask held-out problems are distinct; asking for too many throws", "[io][addition]") {
+  AdditionTask task(3);
+  auto h = task.held_out(2000);
+  std::set<std::pair<int64_t, int64_t>> distinct(h.begin(), h.end());
+  REQUIRE(distinct.size() == 2000);
+  AdditionTask one(1);  // 100 problems, about 5 held out
+  REQUIRE_THROWS_AS(one.held_out(100), bb::ValueError);
 }

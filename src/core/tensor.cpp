@@ -391,6 +391,8 @@ Tensor& Tensor::copy_(const Tensor& src) {
            "copy_: source of shape {} does not broadcast to {}", shape_str(src.shape()), shape_str(shape()));
   if (is_cpu() && src.is_cpu()) {
     cpu::copy(*this, src);
+  } else if (is_cpu()) {
+    cpu::copy(*this, src.to(Device::cpu()));  // from the GPU: bring it over, then a strided CPU copy
   } else {
     Tensor s = src.to(device(), dtype());
     BB_CHECK(is_contiguous() && s.is_contiguous() && s.shape() == shape(), DeviceError,
@@ -412,6 +414,8 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_cpu(*this, "add_");
   BB_CHECK(other.dtype() == dtype(), DTypeError, "add_: dtypes differ: self is {}, other is {}", dtype_name(dtype()),
            dtype_name(other.dtype()));
+  BB_CHECK(other.device() == device(), DeviceError, "add_: tensors on different devices: self {} on {}, other {} on {}",
+           shape_str(shape()), device().str(), shape_str(other.shape()), other.device().str());
   BB_CHECK(broadcast_shapes(shape(), other.shape(), "add_") == shape(), ShapeError,
            "add_: other of shape {} does not broadcast to {}", shape_str(other.shape()), shape_str(shape()));
   cpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha);
@@ -539,6 +543,8 @@ Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.options()); }
 Tensor scalar_tensor(double value, TensorOptions opts) { return full({}, value, opts); }
 
 Tensor arange(double start, double end, double step, TensorOptions opts) {
+  BB_CHECK(std::isfinite(start) && std::isfinite(end) && std::isfinite(step), ValueError,
+           "arange: start={} end={} step={} must be finite", start, end, step);
   BB_CHECK(step != 0 && (end - start) / step >= 0, ValueError, "arange: bad range start={} end={} step={}", start, end,
            step);
   auto n = static_cast<int64_t>(std::ceil((end - start) / step));

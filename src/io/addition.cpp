@@ -2,6 +2,7 @@
 #include "barbell/io/addition.hpp"
 
 #include <algorithm>
+#include <set>
 
 namespace barbell::io {
 
@@ -87,13 +88,23 @@ std::pair<Tensor, Tensor> AdditionTask::batch(int64_t batch_size, Generator& gen
 }
 
 std::vector<std::pair<int64_t, int64_t>> AdditionTask::held_out(int64_t n) const {
+  // Count first, so asking for more distinct problems than exist is an error, not a hang.
+  int64_t total = 0;
+  if (limit_ <= 10000)
+    for (int64_t a = 0; a < limit_; ++a)
+      for (int64_t b = 0; b < limit_; ++b) total += is_held_out(a, b);
+  BB_CHECK(limit_ > 10000 || n <= total, ValueError,
+           "AdditionTask::held_out: {} problems asked for, but only {} of the {}-digit problems are held out", n, total,
+           digits_);
   std::vector<std::pair<int64_t, int64_t>> r;
-  // Walk the problem space in a scrambled but fixed order so the set mixes sizes.
+  std::set<std::pair<int64_t, int64_t>> seen;
+  // Walk the problem space in a scrambled but fixed order so the set mixes sizes; each
+  // problem once.
   Generator g(split_seed_ ^ 0x9e3779b97f4a7c15ull);
   while (static_cast<int64_t>(r.size()) < n) {
     int64_t a = static_cast<int64_t>(g.next_u32() % static_cast<uint32_t>(limit_));
     int64_t b = static_cast<int64_t>(g.next_u32() % static_cast<uint32_t>(limit_));
-    if (is_held_out(a, b)) r.emplace_back(a, b);
+    if (is_held_out(a, b) && seen.emplace(a, b).second) r.emplace_back(a, b);
   }
   return r;
 }

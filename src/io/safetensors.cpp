@@ -95,7 +95,7 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   std::vector<Tensor> host;
   host.reserve(tensors.size());
   for (const auto& [name, t] : tensors)
-    host.push_back(t.detach().contiguous().to(Device::cpu()).contiguous());
+    host.push_back(t.detach().to(Device::cpu()).contiguous());  // to the host first: strided GPU tensors too
 
   // Widest element first: with the header padded to 8 bytes every tensor starts at a
   // multiple of its element size, which mmap readers need. Stable, so equal widths

@@ -103,6 +103,8 @@ std::vector<int32_t> GPT::generate(const std::vector<int32_t>& prompt, int64_t m
     Tensor idx = from_vector(window, {1, static_cast<int64_t>(window.size())}, {DType::I32, dev});
     Tensor logits = forward(idx).select(1, -1).select(0, 0);  // [V]
     std::vector<double> l = logits.to_vector<double>();
+    for (double v : l)
+      BB_CHECK(std::isfinite(v), ValueError, "GPT::generate: the model produced a non-finite logit ({})", v);
     int32_t next;
     if (temperature <= 0) {
       next = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());

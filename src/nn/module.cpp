@@ -72,8 +72,9 @@ void Module::to(Device device) {
   for (auto& list : {named_parameters(), named_buffers()})
     for (auto& p : list) {
       Tensor t = p.second;
-      if (t.device() != device) t.set_data(t.detach().to(device));
-      if (t.grad().defined()) t.set_grad(Tensor());
+      if (t.device() == device) continue;
+      t.set_data(t.detach().to(device));
+      t.set_grad(Tensor());  // a gradient on the old device would no longer match
     }
 }
 
@@ -83,8 +84,9 @@ void Module::to(DType dtype) {
   for (auto& list : {named_parameters(), named_buffers()})
     for (auto& p : list) {
       Tensor t = p.second;
-      if (is_floating(t.dtype()) && t.dtype() != dtype) t.set_data(t.detach().to(dtype));
-      if (t.grad().defined()) t.set_grad(Tensor());
+      if (!is_floating(t.dtype()) || t.dtype() == dtype) continue;
+      t.set_data(t.detach().to(dtype));
+      t.set_grad(Tensor());  // a gradient of the old dtype would no longer match
     }
 }
 

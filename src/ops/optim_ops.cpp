@@ -10,6 +10,8 @@ void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp
   detail::check_defined(op, {&param, &grad, &exp_avg, &exp_avg_sq});
   detail::check_floating(op, param);
   detail::check_same_device(op, param, grad);
+  detail::check_same_device(op, param, exp_avg);
+  detail::check_same_device(op, param, exp_avg_sq);
   detail::check_same_dtype(op, param, grad);
   DType state = param.dtype() == DType::F64 ? DType::F64 : DType::F32;
   for (const Tensor* t : std::initializer_list<const Tensor*>{&grad, &exp_avg, &exp_avg_sq}) {

@@ -185,7 +185,7 @@ Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
 Tensor empty_like(const Tensor& t);
 Tensor scalar_tensor(double value, TensorOptions opts = {});
-// [start, end) in steps; defaults to i64 when no dtype is given... opts.dtype decides.
+// [start, end) in steps, as i64 unless opts.dtype says otherwise (pass {kF32} for fractional steps).
 Tensor arange(double start, double end, double step = 1.0, TensorOptions opts = {DType::I64});
 Tensor arange(int64_t end, TensorOptions opts = {DType::I64});
 // From host data: copied, converted to opts.dtype, placed on opts.device.

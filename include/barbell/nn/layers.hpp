@@ -58,7 +58,10 @@ class ModuleList : public Module {
     return register_module(std::to_string(items_.size() - 1), m);
   }
   size_t size() const { return items_.size(); }
-  std::shared_ptr<Module> operator[](size_t i) const { return items_.at(i); }
+  std::shared_ptr<Module> operator[](size_t i) const {
+    BB_CHECK(i < items_.size(), IndexError, "ModuleList: index {} out of range for {} modules", i, items_.size());
+    return items_[i];
+  }
 
  private:
   std::vector<std::shared_ptr<Module>> items_;
