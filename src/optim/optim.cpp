@@ -123,7 +123,7 @@ void AdamW::step() {
     Tensor grad = p.grad();
     if (!grad.defined()) continue;
     auto& s = slots_[i];
-    DType dt = p.dtype() == DType::F64 ? DType::F64 : DType::F32;
+    DType dt = slot_dtype(p);
     if (!s[0].defined()) {
       s[0] = zeros(p.shape(), {dt, p.device()});
       s[1] = zeros(p.shape(), {dt, p.device()});
