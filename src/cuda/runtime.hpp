@@ -1,5 +1,7 @@
 // The seam between the library and the CUDA backend in kernels/: device memory,
-// copies, device count. Without BARBELL_WITH_CUDA every call throws DeviceError.
+// copies, device count, and the stream a launch goes to. The public face of the
+// runtime is barbell/cuda/cuda.hpp. Without BARBELL_WITH_CUDA every call throws
+// DeviceError (device_count() answers 0).
 #pragma once
 
 #include <cstddef>
@@ -9,8 +11,13 @@ namespace barbell::cuda_rt {
 int device_count();                 // 0 without a driver or a GPU; never throws
 void* alloc(size_t nbytes, int device);
 void free(void* ptr, int device) noexcept;
+// Host <-> device copies return when the data has arrived (the host buffer may be
+// reused at once). Device-to-device copies are ordered on the current stream.
 void copy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void copy_d2h(void* dst, const void* src, size_t nbytes, int device);
 void copy_d2d(void* dst, const void* src, size_t nbytes, int device);
+// Makes `device` current on this thread (checking that it exists) and returns this
+// thread's current stream on it (a cudaStream_t).
+void* prepare_launch(int device);
 
 }  // namespace barbell::cuda_rt
