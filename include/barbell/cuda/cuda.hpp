@@ -100,6 +100,11 @@ void reset_peak_memory_stats(int device = -1);
 // Returns unused pool memory to the driver.
 void empty_cache(int device = -1);
 
+// f32 matmuls may use TF32 tensor cores (10-bit mantissa inputs) when allowed; off
+// by default, so f32 means f32.
+void set_allow_tf32(bool on);
+bool allow_tf32();
+
 // For tests: every new device allocation is filled with 0xFF bytes (NaN for every
 // float dtype, -1 for integers), so a kernel that forgets to write an output is caught.
 void set_poison_allocations(bool on);

@@ -89,6 +89,15 @@ struct AdamWParams {
   int64_t step;
 };
 void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWParams& p);
+// One AdamW step over many parameters: one fused launch per device on a GPU. A
+// 16-bit param may carry an F32 `master` copy: the update goes to master and param
+// becomes its rounding (mixed precision). exp_avg/exp_avg_sq are F32 (F64 for f64).
+struct AdamWTensors {
+  Tensor param, grad, exp_avg, exp_avg_sq, master;
+  int64_t step = 0;  // this parameter's 1-based step
+  double weight_decay = 0;
+};
+void adamw_multi_step_(const std::vector<AdamWTensors>& items, double lr, double beta1, double beta2, double eps);
 // Sum of squares of all elements of all tensors, as a float64 on the host.
 double sum_of_squares(const std::vector<Tensor>& xs);
 
