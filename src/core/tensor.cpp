@@ -11,6 +11,7 @@
 #include "barbell/ops/ops.hpp"
 #include "cpu/cpu.hpp"
 #include "cuda/runtime.hpp"
+#include "ops/common.hpp"
 
 namespace barbell {
 
@@ -29,7 +30,7 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
   }
   int idx = device.index();
   void* p = cuda_rt::alloc(nbytes, idx);
-  return std::make_shared<Storage>(p, nbytes, device, [idx](void* q) { cuda_rt::free(q, idx); });
+  return std::make_shared<Storage>(p, nbytes, device, [idx, nbytes](void* q) { cuda_rt::free(q, nbytes, idx); });
 }
 
 Device Device::parse(const std::string& s) {
@@ -338,15 +339,22 @@ Tensor copy_to(const Tensor& src, Device device, DType dtype, const char* op) {
   Tensor out = empty(src.shape(), {dtype, device});
   if (src.device().is_cpu() && device.is_cpu()) {
     cpu::copy(out, src);
+  } else if (src.device() == device) {
+    BB_GPU(op, src, gpu::copy(out, src));  // cast and/or gather on the GPU
   } else {
-    // Between devices, bytes move contiguous and already in the target dtype.
-    Tensor s = src.device().is_cpu() ? src.to(dtype).contiguous() : src;
-    BB_CHECK(s.is_contiguous() && s.dtype() == dtype, DeviceError,
-             "{}: the CUDA backend cannot yet convert or make contiguous a tensor of shape {} ({})", op,
-             shape_str(src.shape()), dtype_name(src.dtype()));
-    if (device.is_cuda() && s.device().is_cpu()) cuda_rt::copy_h2d(out.data_ptr(), s.data_ptr(), out.nbytes(), device.index());
-    else if (device.is_cpu()) cuda_rt::copy_d2h(out.data_ptr(), s.data_ptr(), out.nbytes(), s.device().index());
-    else cuda_rt::copy_d2d(out.data_ptr(), s.data_ptr(), out.nbytes(), device.index());
+    // Between devices, bytes move contiguous; the conversion happens on the GPU side
+    // (or the CPU side when there is no GPU side).
+    Tensor s = src;
+    if (s.device().is_cpu()) s = s.contiguous();
+    else s = s.to(s.device(), device.is_cpu() ? dtype : s.dtype()).contiguous();
+    Tensor dst = s.dtype() == dtype ? out : empty(src.shape(), {s.dtype(), device});
+    if (device.is_cuda() && s.device().is_cpu()) cuda_rt::copy_h2d(dst.data_ptr(), s.data_ptr(), dst.nbytes(), device.index());
+    else if (device.is_cpu()) cuda_rt::copy_d2h(dst.data_ptr(), s.data_ptr(), dst.nbytes(), s.device().index());
+    else cuda_rt::copy_d2d(dst.data_ptr(), s.data_ptr(), dst.nbytes(), device.index());
+    if (dst.data_ptr() != out.data_ptr()) {
+      if (device.is_cpu()) cpu::copy(out, dst);
+      else BB_GPU(op, dst, gpu::copy(out, dst));
+    }
   }
   Device src_dev = src.device();
   DType src_dtype = src.dtype();
@@ -379,10 +387,6 @@ void check_inplace(const Tensor& t, const char* op) {
            "{}: in-place op on a tensor of shape {} that requires grad (use NoGradGuard or detach())", op,
            shape_str(t.shape()));
 }
-void check_cpu(const Tensor& t, const char* op) {
-  BB_CHECK(t.is_cpu(), DeviceError, "{}: the CUDA backend does not implement this op yet (tensor on {})", op,
-           t.device().str());
-}
 }  // namespace
 
 Tensor& Tensor::copy_(const Tensor& src) {
@@ -394,38 +398,38 @@ Tensor& Tensor::copy_(const Tensor& src) {
   } else if (is_cpu()) {
     cpu::copy(*this, src.to(Device::cpu()));  // from the GPU: bring it over, then a strided CPU copy
   } else {
-    Tensor s = src.to(device(), dtype());
-    BB_CHECK(is_contiguous() && s.is_contiguous() && s.shape() == shape(), DeviceError,
-             "copy_: the CUDA backend cannot yet copy {} into a strided {}", shape_str(src.shape()), shape_str(shape()));
-    cuda_rt::copy_d2d(data_ptr(), s.data_ptr(), nbytes(), device().index());
+    // Onto this GPU first (a no-op when it is there), then a strided, casting,
+    // broadcasting copy there.
+    Tensor s = src.device() == device() ? src : src.to(device());
+    BB_GPU("copy_", *this, gpu::copy(*this, s));
   }
   return *this;
 }
 
 Tensor& Tensor::fill_(double value) {
   check_inplace(*this, "fill_");
-  check_cpu(*this, "fill_");
-  cpu::fill(*this, value);
+  if (is_cpu()) cpu::fill(*this, value);
+  else BB_GPU("fill_", *this, gpu::fill(*this, value));
   return *this;
 }
 
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace(*this, "add_");
-  check_cpu(*this, "add_");
   BB_CHECK(other.dtype() == dtype(), DTypeError, "add_: dtypes differ: self is {}, other is {}", dtype_name(dtype()),
            dtype_name(other.dtype()));
   BB_CHECK(other.device() == device(), DeviceError, "add_: tensors on different devices: self {} on {}, other {} on {}",
            shape_str(shape()), device().str(), shape_str(other.shape()), other.device().str());
   BB_CHECK(broadcast_shapes(shape(), other.shape(), "add_") == shape(), ShapeError,
            "add_: other of shape {} does not broadcast to {}", shape_str(other.shape()), shape_str(shape()));
-  cpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha);
+  if (is_cpu()) cpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha);
+  else BB_GPU("add_", *this, gpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha));
   return *this;
 }
 
 Tensor& Tensor::mul_(double value) {
   check_inplace(*this, "mul_");
-  check_cpu(*this, "mul_");
-  cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value);
+  if (is_cpu()) cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value);
+  else BB_GPU("mul_", *this, gpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value));
   return *this;
 }
 
@@ -524,14 +528,9 @@ Tensor empty(const Shape& shape, TensorOptions opts) {
 }
 
 Tensor full(const Shape& shape, double value, TensorOptions opts) {
-  if (opts.device.is_cuda()) {
-    Tensor h = full(shape, value, {opts.dtype, Device::cpu()});
-    Tensor t = h.to(opts.device);
-    if (opts.requires_grad) t.requires_grad_(true);
-    return t;
-  }
   Tensor t = empty(shape, {opts.dtype, opts.device});
-  cpu::fill(t, value);
+  if (t.is_cpu()) cpu::fill(t, value);
+  else BB_GPU("full", t, gpu::fill(t, value));
   if (opts.requires_grad) t.requires_grad_(true);
   return t;
 }

@@ -10,9 +10,11 @@ namespace barbell::cuda_rt {
 
 int device_count();                 // 0 without a driver or a GPU; never throws
 void* alloc(size_t nbytes, int device);
-void free(void* ptr, int device) noexcept;
-// Host <-> device copies return when the data has arrived (the host buffer may be
-// reused at once). Device-to-device copies are ordered on the current stream.
+void free(void* ptr, size_t nbytes, int device) noexcept;  // stream-ordered
+// All copies are ordered on this thread's current stream of `device`. copy_h2d
+// returns once the source has been read (into pinned staging), so the host buffer may
+// be reused at once; copy_d2h returns when the data has arrived; copy_d2d does not
+// wait.
 void copy_h2d(void* dst, const void* src, size_t nbytes, int device);
 void copy_d2h(void* dst, const void* src, size_t nbytes, int device);
 void copy_d2d(void* dst, const void* src, size_t nbytes, int device);

@@ -6,6 +6,7 @@
 #include "barbell/autograd/autograd.hpp"
 #include "barbell/core/tensor.hpp"
 #include "barbell/ops/ops.hpp"
+#include "cuda/kernels.hpp"
 
 namespace barbell::detail {
 
@@ -35,13 +36,29 @@ inline void check_index(const char* op, const Tensor& a) {
            "{}: expected an index tensor (i32 or i64), got {} {}", op, dtype_name(a.dtype()), shape_str(a.shape()));
 }
 
-// The backend switch: CPU kernels today; the CUDA kernels plug in here.
+// The backend switch. Ops call cpu::f(...) when their tensors live on the CPU and
+// BB_GPU(op, t, gpu::f(...)) otherwise; in a build without the CUDA backend the GPU
+// call is not compiled and a CUDA tensor gets a clear error instead.
+[[noreturn]] inline void no_cuda_build(const char* op, const Tensor& t) {
+  throw DeviceError(fmt::format("{}: this build of barbell has no CUDA backend (input {} on {})", op,
+                                shape_str(t.shape()), t.device().str()));
+}
 [[noreturn]] inline void no_cuda_kernel(const char* op, const Tensor& t) {
-  throw DeviceError(fmt::format("{}: the CUDA backend does not implement this op yet (input {} on {})", op,
+  throw DeviceError(fmt::format("{}: the CUDA backend does not implement this op (input {} on {})", op,
                                 shape_str(t.shape()), t.device().str()));
 }
 inline void require_cpu(const char* op, const Tensor& t) {
   if (!t.is_cpu()) no_cuda_kernel(op, t);
 }
+
+}  // namespace barbell::detail
+
+#if defined(BARBELL_WITH_CUDA)
+#define BB_GPU(op, t, ...) __VA_ARGS__
+#else
+#define BB_GPU(op, t, ...) ::barbell::detail::no_cuda_build(op, t)
+#endif
+
+namespace barbell::detail {
 
 }  // namespace barbell::detail

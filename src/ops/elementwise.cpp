@@ -8,7 +8,6 @@ namespace barbell {
 using detail::check_floating;
 using detail::check_same_device;
 using detail::check_same_dtype;
-using detail::require_cpu;
 
 namespace {
 
@@ -20,8 +19,8 @@ Tensor binary_forward(cpu::BinaryOp op, const char* name, const Tensor& a, const
   check_same_dtype(name, a, b);
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor out = empty(s, {bool_out ? DType::Bool : a.dtype(), a.device()});
-  require_cpu(name, a);
-  cpu::binary(op, out, a, b, alpha);
+  if (a.is_cpu()) cpu::binary(op, out, a, b, alpha);
+  else BB_GPU(name, a, gpu::binary(op, out, a, b, alpha));
   return out;
 }
 
@@ -30,8 +29,8 @@ Tensor unary_forward(cpu::UnaryOp op, const char* name, const Tensor& x, double 
   BB_CHECK(x.dtype() != DType::Bool, DTypeError, "{}: not defined on bool tensors, got {} {}", name,
            dtype_name(x.dtype()), shape_str(x.shape()));
   Tensor out = empty(x.shape(), {x.dtype(), x.device()});
-  require_cpu(name, x);
-  cpu::unary(op, out, x, scalar);
+  if (x.is_cpu()) cpu::unary(op, out, x, scalar);
+  else BB_GPU(name, x, gpu::unary(op, out, x, scalar));
   return out;
 }
 
@@ -107,8 +106,8 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_dtype("where", a, b);
   Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor out = empty(s, a.options());
-  require_cpu("where", a);
-  cpu::where(out, cond, a, b);
+  if (a.is_cpu()) cpu::where(out, cond, a, b);
+  else BB_GPU("where", a, gpu::where(out, cond, a, b));
   Tensor cd = cond.detach();
   Shape sa = a.shape(), sb = b.shape();
   autograd::record("where", out, {a, b}, [cd, sa, sb](const Tensor& g) -> std::vector<Tensor> {
@@ -220,8 +219,8 @@ Tensor activation(cpu::UnaryOp op, const char* name, const Tensor& x) {
   autograd::record(name, out, {x}, [op, name, xd](const Tensor& g) -> std::vector<Tensor> {
     Tensor gc = g.dtype() == xd.dtype() ? g : g.to(xd.dtype());
     Tensor dx = empty(xd.shape(), xd.options());
-    require_cpu(name, xd);
-    cpu::unary_backward(op, dx, gc, xd);
+    if (xd.is_cpu()) cpu::unary_backward(op, dx, gc, xd);
+    else BB_GPU(name, xd, gpu::unary_backward(op, dx, gc, xd));
     return {dx};
   });
   return out;

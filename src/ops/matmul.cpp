@@ -10,8 +10,18 @@ namespace {
 Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   Shape cs(a.shape().begin(), a.shape().end() - 1);
   cs.push_back(b.shape().back());
-  detail::require_cpu("matmul", a);
   detail::check_same_dtype("matmul", a, b);
+  if (!a.is_cpu()) {
+    // cuBLASLt multiplies 16-bit operands with fp32 accumulation, transposes through
+    // strides; only batch layouts it cannot express are made contiguous.
+    BB_GPU("matmul", a, {
+      Tensor aa = gpu::matmul_strides_ok(a) ? a : a.contiguous();
+      Tensor bb = gpu::matmul_strides_ok(b) ? b : b.contiguous();
+      Tensor c = empty(cs, a.options());
+      gpu::matmul(c, aa, bb);
+      return c;
+    });
+  }
   DType dt = a.dtype();
   bool low = dt == DType::BF16 || dt == DType::F16;
   // 16-bit operands are multiplied in f32 on the CPU, as the GPU accumulates in f32.
@@ -96,8 +106,19 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   {
     NoGradGuard g;
     Tensor x2 = x.reshape({-1, in});
-    y = matmul_nd(x2, w.t());
-    if (bias.defined()) cpu::add_bias(y, bias.contiguous());
+    if (x.is_cpu()) {
+      y = matmul_nd(x2, w.t());
+      if (bias.defined()) cpu::add_bias(y, bias.contiguous());
+    } else {
+      // One cuBLASLt call with the bias fused into its epilogue.
+      BB_GPU("linear", x, {
+        if (!gpu::matmul_strides_ok(x2)) x2 = x2.contiguous();
+        Tensor wc = w.contiguous();
+        y = empty({x2.size(0), outf}, x.options());
+        gpu::linear(y, x2, wc, bias.defined() ? bias.contiguous() : Tensor(),
+                    bias.defined() ? gpu::Epilogue::Bias : gpu::Epilogue::None, Tensor());
+      });
+    }
     y = y.view(ys);
   }
   Tensor xd = x.detach(), wd = w.detach();

@@ -22,14 +22,14 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, double e
            shape_str(x_in.shape()));
   check_norm_param("layer_norm", x_in, w, "weight");
   check_norm_param("layer_norm", x_in, b, "bias");
-  detail::require_cpu("layer_norm", x_in);
   Tensor x = x_in.contiguous().detach();
   const int64_t n = x.shape().back(), rows = x.numel() / n;
   Tensor y = empty(x.shape(), x.options());
   DType st = x.dtype() == DType::F64 ? DType::F64 : DType::F32;
   Tensor mean = empty({rows}, {st, x.device()}), rstd = empty({rows}, {st, x.device()});
   Tensor wc = w.defined() ? w.contiguous().detach() : Tensor(), bc = b.defined() ? b.contiguous().detach() : Tensor();
-  cpu::layer_norm(y, mean, rstd, x, wc, bc, rows, n, eps);
+  if (x.is_cpu()) cpu::layer_norm(y, mean, rstd, x, wc, bc, rows, n, eps);
+  else BB_GPU("layer_norm", x, gpu::layer_norm(y, mean, rstd, x, wc, bc, rows, n, eps));
   bool gx = x_in.requires_grad(), gw = w.defined() && w.requires_grad(), gb = b.defined() && b.requires_grad();
   autograd::record("layer_norm", y, {x_in, w, b}, [=](const Tensor& g) -> std::vector<Tensor> {
     Tensor gc = g.contiguous();
@@ -37,7 +37,8 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, double e
     Tensor dx = gx ? empty(x.shape(), x.options()) : Tensor();
     Tensor dw = gw ? empty({n}, x.options()) : Tensor();
     Tensor db = gb ? empty({n}, x.options()) : Tensor();
-    cpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n);
+    if (x.is_cpu()) cpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n);
+    else BB_GPU("layer_norm", x, gpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n));
     return {dx, dw, db};
   });
   return y;
@@ -49,20 +50,21 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& w, double eps) {
   BB_CHECK(x_in.dim() >= 1 && x_in.shape().back() > 0, ShapeError, "rms_norm: input {} has no last dim to normalize",
            shape_str(x_in.shape()));
   check_norm_param("rms_norm", x_in, w, "weight");
-  detail::require_cpu("rms_norm", x_in);
   Tensor x = x_in.contiguous().detach();
   const int64_t n = x.shape().back(), rows = x.numel() / n;
   Tensor y = empty(x.shape(), x.options());
   Tensor rstd = empty({rows}, {x.dtype() == DType::F64 ? DType::F64 : DType::F32, x.device()});
   Tensor wc = w.defined() ? w.contiguous().detach() : Tensor();
-  cpu::rms_norm(y, rstd, x, wc, rows, n, eps);
+  if (x.is_cpu()) cpu::rms_norm(y, rstd, x, wc, rows, n, eps);
+  else BB_GPU("rms_norm", x, gpu::rms_norm(y, rstd, x, wc, rows, n, eps));
   bool gx = x_in.requires_grad(), gw = w.defined() && w.requires_grad();
   autograd::record("rms_norm", y, {x_in, w}, [=](const Tensor& g) -> std::vector<Tensor> {
     Tensor gc = g.contiguous();
     if (gc.dtype() != x.dtype()) gc = gc.to(x.dtype());
     Tensor dx = gx ? empty(x.shape(), x.options()) : Tensor();
     Tensor dw = gw ? empty({n}, x.options()) : Tensor();
-    cpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n);
+    if (x.is_cpu()) cpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n);
+    else BB_GPU("rms_norm", x, gpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n));
     return {dx, dw};
   });
   return y;

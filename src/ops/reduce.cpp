@@ -59,10 +59,16 @@ Tensor sum_impl(const Tensor& x, const Shape& dims, bool keepdim, bool mean, con
   if (mean) detail::check_floating(op, x);
   DType odt = is_floating(x.dtype()) ? x.dtype() : DType::I64;
   Tensor out = empty(L.out, {odt, x.device()});
-  detail::require_cpu(op, x);
   double scale = mean ? 1.0 / static_cast<double>(std::max<int64_t>(L.R, 1)) : 1.0;
-  if (L.R == 0) cpu::fill(out, mean ? NAN : 0.0);
-  else cpu::sum_dim(out, L.x, L.A, L.R, L.I, scale);
+  if (x.is_cpu()) {
+    if (L.R == 0) cpu::fill(out, mean ? NAN : 0.0);
+    else cpu::sum_dim(out, L.x, L.A, L.R, L.I, scale);
+  } else {
+    BB_GPU(op, x, {
+      if (L.R == 0) gpu::fill(out, mean ? NAN : 0.0);
+      else gpu::sum_dim(out, L.x, L.A, L.R, L.I, scale);
+    });
+  }
   Shape in_shape = x.shape(), keep = L.out_keep;
   autograd::record(op, out, {x}, [in_shape, keep, scale](const Tensor& g) -> std::vector<Tensor> {
     Tensor gg = g.reshape(keep).expand(in_shape);
@@ -104,8 +110,8 @@ std::pair<Tensor, Tensor> max_impl(const Tensor& x, int64_t dim, bool keepdim, b
   ReduceLayout L = layout(xx, {d}, keepdim, op);
   Tensor values = want_values ? empty(L.out, x.options()) : Tensor();
   Tensor idx = empty(L.out, {DType::I64, x.device()});
-  detail::require_cpu(op, x);
-  cpu::max_dim(values, idx, L.x, L.A, L.R, L.I);
+  if (x.is_cpu()) cpu::max_dim(values, idx, L.x, L.A, L.R, L.I);
+  else BB_GPU(op, x, gpu::max_dim(values, idx, L.x, L.A, L.R, L.I));
   if (want_values) {
     // dx is laid out as xx ([1] for a 0-d x) and returned in x's own shape.
     Shape in_shape = xx.shape(), x_shape = x.shape();
@@ -113,7 +119,8 @@ std::pair<Tensor, Tensor> max_impl(const Tensor& x, int64_t dim, bool keepdim, b
     Tensor idd = idx.detach();
     autograd::record(op, values, {x}, [=](const Tensor& g) -> std::vector<Tensor> {
       Tensor dx = empty(in_shape, g.options());
-      cpu::max_dim_backward(dx, g.contiguous(), idd.contiguous(), A, R, I);
+      if (dx.is_cpu()) cpu::max_dim_backward(dx, g.contiguous(), idd.contiguous(), A, R, I);
+      else BB_GPU("max", dx, gpu::max_dim_backward(dx, g.contiguous(), idd.contiguous(), A, R, I));
       return {dx.view(x_shape)};
     });
   }
@@ -145,15 +152,16 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   }
   int64_t n = xt.shape().back(), rows = n ? xt.numel() / n : 0;
   Tensor yt = empty(xt.shape(), xt.options());
-  detail::require_cpu(op, x);
-  cpu::softmax_rows(yt, xt, rows, n, log);
+  if (x.is_cpu()) cpu::softmax_rows(yt, xt, rows, n, log);
+  else BB_GPU(op, x, gpu::softmax_rows(yt, xt, rows, n, log));
   Tensor y = last ? yt : yt.transpose(d, -1);
   Tensor yd = yt.detach();
   autograd::record(op, y, {x}, [yd, d, last, rows, n, log](const Tensor& g) -> std::vector<Tensor> {
     Tensor gt = (last ? g : g.transpose(d, -1)).contiguous();
     if (gt.dtype() != yd.dtype()) gt = gt.to(yd.dtype());
     Tensor dx = empty(yd.shape(), yd.options());
-    cpu::softmax_rows_backward(dx, gt, yd, rows, n, log);
+    if (yd.is_cpu()) cpu::softmax_rows_backward(dx, gt, yd, rows, n, log);
+    else BB_GPU("softmax", yd, gpu::softmax_rows_backward(dx, gt, yd, rows, n, log));
     return {last ? dx : dx.transpose(d, -1)};
   });
   return y;

@@ -45,20 +45,22 @@ void Optimizer::load_state_dict(const NamedTensors& state) {
     auto ps = byname.find(pn + ".step");
     BB_CHECK(ps == byname.end() || ps->second.numel() == 1, ShapeError,
              "optimizer load_state_dict: '{}.step' has shape {}, expected one value", pn, shape_str(ps->second.shape()));
-    size_t present = 0;
-    for (auto& slot : slot_names_) {
+    size_t present = 0, required = 0;
+    for (size_t k = 0; k < slot_names_.size(); ++k) {
+      const std::string& slot = slot_names_[k];
+      bool optional = k >= required_slots();
+      required += optional ? 0 : 1;
       std::string name = pn + "." + slot;
       known[name] = 0;
       auto sl = byname.find(name);
       if (sl == byname.end()) continue;
-      ++present;
+      present += optional ? 0 : 1;
       BB_CHECK(sl->second.shape() == params_[i].second.shape(), ShapeError,
                "optimizer load_state_dict: '{}' has shape {} but the parameter is {}", name,
                shape_str(sl->second.shape()), shape_str(params_[i].second.shape()));
     }
-    BB_CHECK(present == 0 || present == slot_names_.size(), ValueError,
-             "optimizer load_state_dict: parameter '{}' has {} of its {} state tensors", pn, present,
-             slot_names_.size());
+    BB_CHECK(present == 0 || present == required, ValueError,
+             "optimizer load_state_dict: parameter '{}' has {} of its {} state tensors", pn, present, required);
   }
   for (auto& [name, t] : state)
     BB_CHECK(known.count(name), ValueError,
@@ -111,13 +113,18 @@ void SGD::step() {
 
 AdamW::AdamW(NamedTensors params, AdamWOptions opts) : Optimizer(std::move(params)), options(opts) {
   lr_ = opts.lr;
-  slot_names_ = {"exp_avg", "exp_avg_sq"};
-  slots_.assign(params_.size(), std::vector<Tensor>(2));
+  // "master" (the fp32 weights of a 16-bit parameter) is optional: f32 parameters
+  // have none.
+  slot_names_ = {"exp_avg", "exp_avg_sq", "master"};
+  slots_.assign(params_.size(), std::vector<Tensor>(3));
 }
+
+size_t AdamW::required_slots() const { return 2; }
 
 void AdamW::step() {
   NoGradGuard g;
   ++step_;
+  std::vector<AdamWTensors> items;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor p = params_[i].second;
     Tensor grad = p.grad();
@@ -128,13 +135,16 @@ void AdamW::step() {
       s[0] = zeros(p.shape(), {dt, p.device()});
       s[1] = zeros(p.shape(), {dt, p.device()});
     }
+    bool low = p.dtype() == DType::BF16 || p.dtype() == DType::F16;
+    if (low && options.master_weights && !s[2].defined()) s[2] = p.detach().to(DType::F32).contiguous();
+    if (!low || !options.master_weights) s[2] = Tensor();
     double wd = (p.dim() >= 2 || options.decay_1d) ? options.weight_decay : 0.0;
     // Bias correction counts this parameter's own updates, as PyTorch does: a
     // parameter whose first gradient arrives late is not under-corrected.
-    AdamWParams ap{lr_, options.beta1, options.beta2, options.eps, wd, ++param_steps_[i]};
-    Tensor gc = grad.contiguous();
-    adamw_step_(p, gc, s[0], s[1], ap);
+    items.push_back({p, grad.contiguous(), s[0], s[1], s[2], ++param_steps_[i], wd});
   }
+  // One fused launch for all parameters on a GPU; a loop over them on the CPU.
+  adamw_multi_step_(items, lr_, options.beta1, options.beta2, options.eps);
 }
 
 CosineSchedule::CosineSchedule(double max_lr, double min_lr, int64_t warmup, int64_t total)

@@ -37,6 +37,9 @@ class Optimizer {
   std::vector<int64_t> param_steps_;             // updates each parameter has had (bias correction)
   // The dtype a parameter's state tensors are kept in.
   virtual DType slot_dtype(const Tensor& param) const;
+  // The first required_slots() slot names are kept for every parameter with state;
+  // the others are optional (a checkpoint may lack them).
+  virtual size_t required_slots() const { return slot_names_.size(); }
   double lr_ = 1e-3;
   int64_t step_ = 0;
 };
@@ -64,6 +67,10 @@ struct AdamWOptions {
   double eps = 1e-8;
   double weight_decay = 0.01;  // decoupled: p -= lr * wd * p
   bool decay_1d = false;       // biases and norm weights (1-D) get no decay unless set
+  // Mixed precision: a bf16/f16 parameter gets an fp32 master copy (slot "master");
+  // the update is applied to it and the parameter is its rounding. Without it, small
+  // updates vanish in bf16's 8-bit mantissa.
+  bool master_weights = true;
 };
 
 class AdamW : public Optimizer {
@@ -71,6 +78,9 @@ class AdamW : public Optimizer {
   AdamW(NamedTensors params, AdamWOptions opts);
   void step() override;
   AdamWOptions options;
+
+ protected:
+  size_t required_slots() const override;
 };
 
 // lr(step), step 0-based: linear warm-up max_lr * (step + 1) / warmup for step < warmup (so
