@@ -35,7 +35,7 @@ struct Args {
   bool resume = false;
   int64_t save_every = 500, eval_every = 500, log_every = 25, eval_problems = 2000, samples = 8;
   double time_limit = 0;
-  std::string device = "auto", dtype = "f32";
+  std::string device = "auto", dtype = "auto";
   int digits = 3;
   bool reverse = false;
   int threads = 0;
@@ -113,7 +113,7 @@ double addition_accuracy(const bb::nn::GPT& model, const bb::io::AdditionTask& t
     auto p = task.encode_prompt(a, b);
     prompts.insert(prompts.end(), p.begin(), p.end());
   }
-  bb::Tensor seq = bb::from_vector(prompts, {N, P});
+  bb::Tensor seq = bb::from_vector(prompts, {N, P}, {bb::kI64, model.transformer->wte->weight.device()});
   for (int64_t k = 0; k < task.answer_len(); ++k) {
     bb::Tensor logits = model.forward(seq).select(1, -1);  // [N, V]
     seq = bb::cat({seq, bb::argmax(logits, -1, true)}, 1);
@@ -134,7 +134,8 @@ double eval_loss(const bb::nn::GPT& model, Source& src, int64_t batches) {
   double total = 0;
   for (int64_t i = 0; i < batches; ++i) {
     auto [x, y] = src.next_batch();
-    total += model.loss(x, y).item<double>();
+    bb::Device dev = model.transformer->wte->weight.device();
+    total += model.loss(x.to(dev), y.to(dev)).item<double>();
   }
   return total / static_cast<double>(batches);
 }
@@ -148,28 +149,32 @@ std::string model_json(const bb::nn::GPTConfig& c) {
 // The settings a resumed run must share with the run it continues, or its losses
 // would not be the ones an uninterrupted run gets. (--steps may change: with the same
 // schedule shape a run can be extended.)
-json run_json(const Args& a) {
+json run_json(const Args& a, bb::DType dtype) {
   return {{"data", a.data.empty() ? "addition" : a.data}, {"digits", a.digits}, {"reverse", a.reverse},
           {"seed", a.seed}, {"batch", a.batch}, {"seq_len", a.data.empty() ? 0 : a.seq_len},
           {"dropout", a.dropout}, {"lr", a.lr}, {"min_lr", a.min_lr}, {"warmup", a.warmup},
-          {"weight_decay", a.weight_decay}, {"grad_clip", a.grad_clip}};
+          {"weight_decay", a.weight_decay}, {"grad_clip", a.grad_clip}, {"dtype", bb::dtype_name(dtype)}};
 }
 
 int run(const Args& args) {
   auto t_start = Clock::now();
   if (args.threads > 0) bb::set_num_threads(args.threads);
-  bb::Device device = bb::Device::cpu();
-  if (args.device == "auto") {
-    if (bb::cuda::is_available())
-      fmt::print("note: a CUDA device is present, but this build's CUDA backend does not run the training ops yet; "
-                 "training on the CPU\n");
-  } else {
-    device = bb::Device::parse(args.device);
-    BB_CHECK(device.is_cpu(), bb::DeviceError,
-             "barbell-train: --device {}: the CUDA backend does not run the training ops yet", args.device);
+  // --device auto: the first GPU when there is one. --dtype auto: bf16 on a GPU (with
+  // fp32 master weights in AdamW and fp32 statistics, softmax and loss), f32 on the CPU.
+  bb::Device device = args.device == "auto"
+                          ? (bb::cuda::is_available() ? bb::Device::cuda(0) : bb::Device::cpu())
+                          : bb::Device::parse(args.device);
+  if (device.is_cuda()) {
+    int n = bb::cuda::device_count();
+    BB_CHECK(device.index() < n, bb::DeviceError, "barbell-train: --device {}: {} CUDA device(s) are visible{}",
+             args.device, n, BARBELL_HAVE_CUDA ? "" : " (this build has no CUDA backend)");
   }
-  BB_CHECK(args.dtype == "f32", bb::ValueError, "barbell-train: --dtype {}: only f32 is supported on the CPU",
-           args.dtype);
+  BB_CHECK(args.dtype == "auto" || args.dtype == "f32" || args.dtype == "bf16" || args.dtype == "f16", bb::ValueError,
+           "barbell-train: --dtype {}: expected auto, f32, bf16 or f16", args.dtype);
+  const bb::DType dtype = args.dtype == "auto" ? (device.is_cuda() ? bb::kBF16 : bb::kF32)
+                          : args.dtype == "f32" ? bb::kF32
+                          : args.dtype == "bf16" ? bb::kBF16
+                                                 : bb::kF16;
 
   // Data.
   std::optional<bb::io::AdditionTask> task;
@@ -208,6 +213,7 @@ int run(const Args& args) {
   bb::manual_seed(args.seed);
   bb::nn::GPT model(cfg);
   model.to(device);
+  model.to(dtype);
   bb::optim::AdamWOptions ao;
   ao.lr = args.lr;
   ao.beta1 = 0.9;
@@ -234,7 +240,7 @@ int run(const Args& args) {
     model.load_state_dict(model_state);
     opt.load_state_dict(opt_state);
     json saved_run = json::parse(meta.count("barbell.run") ? meta["barbell.run"] : "{}", nullptr, false);
-    json now_run = run_json(args);
+    json now_run = run_json(args, dtype);
     std::string diffs;
     for (auto& [k, v] : now_run.items())
       if (!saved_run.is_object() || !saved_run.contains(k) || saved_run[k] != v)
@@ -272,7 +278,7 @@ int run(const Args& args) {
     bb::io::save_safetensors(ckpt, all,
                              {{"format", "pt"},
                               {"barbell.model", model_json(cfg)},
-                              {"barbell.run", run_json(args).dump()},
+                              {"barbell.run", run_json(args, dtype).dump()},
                               {"barbell.train_state", st.dump()},
                               {"barbell.data", args.data.empty() ? "addition" : args.data}});
   };
@@ -299,9 +305,12 @@ int run(const Args& args) {
   };
 
   fmt::print("barbell-train: {}\n", train_src->describe());
-  fmt::print("model: {} layers, {} heads, width {}, vocab {}, context {}: {:.2f}M parameters; device {}, {} threads\n",
+  fmt::print("model: {} layers, {} heads, width {}, vocab {}, context {}: {:.2f}M parameters; device {}{}, {}\n",
              cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.block_size, model.num_parameters() / 1e6,
-             device.str(), bb::num_threads());
+             device.str(), device.is_cuda() ? " (" + bb::cuda::properties(device.index()).name + ")" : "",
+             dtype == bb::kF32 ? std::string("f32")
+                               : fmt::format("{} compute, fp32 master weights", bb::dtype_name(dtype)));
+  if (device.is_cpu()) fmt::print("{} CPU threads\n", bb::num_threads());
   fmt::print("training {} steps of {} x {} tokens, AdamW lr {} -> {}, warm-up {}\n", args.steps, args.batch,
              train_src->seq_len(), args.lr, args.min_lr, args.warmup);
   std::fflush(stdout);
@@ -315,8 +324,8 @@ int run(const Args& args) {
   while (step < args.steps) {
     double lr = sched(step);
     opt.set_lr(lr);
-    auto [x, y] = train_src->next_batch();
-    bb::Tensor loss = model.loss(x, y);
+    auto [xb, yb] = train_src->next_batch();
+    bb::Tensor loss = model.loss(xb.to(device), yb.to(device));
     loss.backward();
     double gnorm = bb::optim::clip_grad_norm_(model.parameters(), args.grad_clip);
     opt.step();
@@ -387,7 +396,7 @@ int run(const Args& args) {
 int main(int argc, char** argv) {
   barbell::prefer_passive_omp_wait(argv);
   Args a;
-  CLI::App app{"barbell-train: train a GPT on the CPU (synthetic addition by default, or --data FILE)"};
+  CLI::App app{"barbell-train: train a GPT on the GPU or the CPU (synthetic addition by default, or --data FILE)"};
   app.add_option("--data", a.data, "Text file (byte-level) or llm.c token shard (.bin); default: synthetic addition");
   app.add_option("--preset", a.preset, "Model preset: tiny, small, medium, gpt2")->capture_default_str();
   app.add_option("--n-layer", a.n_layer, "Override the preset's number of layers");
@@ -412,7 +421,8 @@ int main(int argc, char** argv) {
   app.add_option("--samples", a.samples, "Sample completions printed at the end")->capture_default_str();
   app.add_option("--time-limit", a.time_limit, "Stop training after this many seconds (0: no limit)")->capture_default_str();
   app.add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
-  app.add_option("--dtype", a.dtype, "Compute dtype (f32 on the CPU)")->capture_default_str();
+  app.add_option("--dtype", a.dtype, "Compute dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16")
+      ->capture_default_str();
   app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
   app.add_option("--threads", a.threads, "CPU threads for OpenMP and OpenBLAS (0: all cores)")->capture_default_str();
