@@ -31,16 +31,16 @@ template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));
 constexpr int kUnroll = 4;  // vectors in flight per thread per step
 
-constexpr float kLog2e = 1.4426950408889634f;
 
-// exp(x - m) with m pre-scaled by scaled(m): exp2 of one fma for float (one rounding
-// of the argument, as exp(x - m) has), plain exp for double.
-__device__ __forceinline__ float scaled(float m) { return m * kLog2e; }
+// exp(x - m): the difference is formed first (exact enough whatever |m| is), then
+// expf; a pre-scaled exp2f(fma(x, log2e, -m*log2e)) would lose ~ulp(|m|) in the
+// exponent for large logits. The kernel is memory-bound, so expf costs nothing.
+__device__ __forceinline__ float scaled(float m) { return m; }
 __device__ __forceinline__ double scaled(double m) { return m; }
-__device__ __forceinline__ float exp_shift(float x, float ms) { return exp2f(fmaf(x, kLog2e, -ms)); }
+__device__ __forceinline__ float exp_shift(float x, float m) { return ::expf(x - m); }
 __device__ __forceinline__ double exp_shift(double x, double m) { return ::exp(x - m); }
 // exp(a - b)
-__device__ __forceinline__ float exp_diff(float a, float b) { return exp2f((a - b) * kLog2e); }
+__device__ __forceinline__ float exp_diff(float a, float b) { return ::expf(a - b); }
 __device__ __forceinline__ double exp_diff(double a, double b) { return ::exp(a - b); }
 __device__ __forceinline__ float acc_log(float v) { return ::logf(v); }
 __device__ __forceinline__ double acc_log(double v) { return ::log(v); }

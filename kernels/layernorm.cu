@@ -35,7 +35,7 @@ constexpr int kFwdElems = 32;      // elements of x a thread holds in forward
 constexpr int kBwdElems = 16;      // elements of x and of dy a thread holds in backward
 constexpr int kMaxItems = 8;       // vectors per thread (template values 1, 2, 4, 8)
 constexpr int kCombMax = kBlock / 2 * kBwdElems;  // columns when a block holds >= 2 groups
-constexpr int kMaxPartials = 256;  // blocks in backward = rows of dw/db partials
+constexpr int kMaxPartials = 1024;  // blocks in backward with dw/db = rows of partials (~8 per SM)
 constexpr int64_t kMaxScratch = int64_t(1) << 22;  // elements of partials per output (16 MB f32)
 
 __device__ __forceinline__ float acc_sqrt(float v) { return ::sqrtf(v); }
@@ -487,8 +487,9 @@ void norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const T
   // Blocks, each a chunk of rows and (with dw/db) a row of partials.
   int64_t P = 0, chunk = 0;
   if (rows > 0) {
-    P = p.items > 0 ? std::min<int64_t>((rows + p.ngroups - 1) / p.ngroups, kMaxPartials)
-                    : std::min<int64_t>(rows, kMaxPartials);
+    // Without dw/db there are no partials to bound: one block per group of rows.
+    const int64_t cap = nouts > 0 ? kMaxPartials : int64_t(INT32_MAX);
+    P = p.items > 0 ? std::min<int64_t>((rows + p.ngroups - 1) / p.ngroups, cap) : std::min<int64_t>(rows, cap);
     if (nouts > 0) P = std::max<int64_t>(1, std::min<int64_t>(P, kMaxScratch / n));
     chunk = (rows + P - 1) / P;
     P = (rows + chunk - 1) / chunk;

@@ -83,13 +83,13 @@ void use_device(int device) {
 }
 
 // Pinned staging buffers for host <-> device copies: pageable memory would make CUDA
-// stage through its own small buffers synchronously. Two buffers per thread let the
-// host fill one while the other is in flight.
+// stage through its own small buffers synchronously. Two buffers per thread and device
+// (events belong to a device) let the host fill one while the other is in flight;
+// every reuse of a buffer first waits for its event, whatever stream used it last.
 struct Staging {
   static constexpr size_t kChunk = size_t(16) << 20;
   std::array<void*, 2> buf{nullptr, nullptr};
   std::array<cudaEvent_t, 2> done{nullptr, nullptr};
-  int device = -1;
   ~Staging() {
     for (int i = 0; i < 2; ++i) {
       if (done[static_cast<size_t>(i)]) cudaEventDestroy(done[static_cast<size_t>(i)]);
@@ -103,7 +103,7 @@ struct Staging {
     }
   }
 };
-thread_local Staging t_staging;
+thread_local std::array<Staging, kMaxDevices> t_staging;
 
 }  // namespace
 
@@ -150,15 +150,24 @@ void* alloc(size_t nbytes, int device) {
 void free(void* ptr, size_t nbytes, int device) noexcept {
   if (!ptr) return;
   if (device < 0 || device >= kMaxDevices) return;
+  // Errors here are cleared, not left pending: the next launch check would otherwise
+  // blame an unrelated kernel.
   int cur = -1;
-  if (cudaGetDevice(&cur) != cudaSuccess) return;
-  if (cur != device && cudaSetDevice(device) != cudaSuccess) return;
+  if (cudaGetDevice(&cur) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (cur != device && cudaSetDevice(device) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
   // Stream-ordered: the block returns to the pool once the work queued on this
   // thread's current stream has finished. A tensor used on another stream must be
-  // ordered against this one by its user (events), as with any stream-ordered pool.
-  cudaFreeAsync(ptr, current_handle(device));
+  // ordered against this one by its user (events), as with any stream-ordered pool:
+  // the NCCL process group keeps its tensors until the compute stream has waited.
+  if (cudaFreeAsync(ptr, current_handle(device)) != cudaSuccess) cudaGetLastError();
   state(device).allocated.fetch_sub(static_cast<int64_t>(nbytes));
-  if (cur != device) cudaSetDevice(cur);
+  if (cur != device && cudaSetDevice(cur) != cudaSuccess) cudaGetLastError();
 }
 
 void copy_h2d(void* dst, const void* src, size_t nbytes, int device) {
@@ -166,7 +175,7 @@ void copy_h2d(void* dst, const void* src, size_t nbytes, int device) {
   use_device(device);
   if (nbytes == 0) return;
   cudaStream_t s = current_handle(device);
-  Staging& st = t_staging;
+  Staging& st = t_staging[static_cast<size_t>(device)];
   st.ensure();
   const auto* in = static_cast<const char*>(src);
   auto* out = static_cast<char*>(dst);
@@ -186,7 +195,7 @@ void copy_d2h(void* dst, const void* src, size_t nbytes, int device) {
   use_device(device);
   if (nbytes == 0) return;
   cudaStream_t s = current_handle(device);
-  Staging& st = t_staging;
+  Staging& st = t_staging[static_cast<size_t>(device)];
   st.ensure();
   const auto* in = static_cast<const char*>(src);
   auto* out = static_cast<char*>(dst);
@@ -194,6 +203,7 @@ void copy_d2h(void* dst, const void* src, size_t nbytes, int device) {
   size_t nchunks = (nbytes + Staging::kChunk - 1) / Staging::kChunk;
   auto issue = [&](size_t i) {
     size_t off = i * Staging::kChunk, n = std::min(Staging::kChunk, nbytes - off);
+    BB_CUDA_CHECK(cudaEventSynchronize(st.done[i & 1]));  // an earlier copy may still use the buffer
     BB_CUDA_CHECK(cudaMemcpyAsync(st.buf[i & 1], in + off, n, cudaMemcpyDeviceToHost, s));
     BB_CUDA_CHECK(cudaEventRecord(st.done[i & 1], s));
   };
@@ -206,11 +216,34 @@ void copy_d2h(void* dst, const void* src, size_t nbytes, int device) {
   }
 }
 
-void copy_d2d(void* dst, const void* src, size_t nbytes, int device) {
+void copy_d2d(void* dst, const void* src, size_t nbytes, int device, int src_device) {
   device = checked_device(device, "cuda copy");
-  use_device(device);
+  if (src_device < 0) src_device = device;
+  src_device = checked_device(src_device, "cuda copy");
   if (nbytes == 0) return;
-  BB_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, current_handle(device)));
+  if (src_device == device) {
+    use_device(device);
+    BB_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, current_handle(device)));
+    return;
+  }
+  // Between GPUs: the copy (on the destination's stream) waits for the work that
+  // wrote src, and the source's stream waits for the copy before it may free src.
+  cudaStream_t s_src = current_handle(src_device), s_dst = current_handle(device);
+  cudaEvent_t written = nullptr, read = nullptr;
+  use_device(src_device);
+  BB_CUDA_CHECK(cudaEventCreateWithFlags(&written, cudaEventDisableTiming));
+  BB_CUDA_CHECK(cudaEventRecord(written, s_src));
+  use_device(device);
+  BB_CUDA_CHECK(cudaEventCreateWithFlags(&read, cudaEventDisableTiming));
+  BB_CUDA_CHECK(cudaStreamWaitEvent(s_dst, written, 0));
+  BB_CUDA_CHECK(cudaMemcpyPeerAsync(dst, device, src, src_device, nbytes, s_dst));
+  BB_CUDA_CHECK(cudaEventRecord(read, s_dst));
+  use_device(src_device);
+  BB_CUDA_CHECK(cudaStreamWaitEvent(s_src, read, 0));
+  // Destroying a recorded event is safe: CUDA releases it once it has completed.
+  cudaEventDestroy(written);
+  cudaEventDestroy(read);
+  use_device(device);
 }
 
 }  // namespace cuda_rt

@@ -350,7 +350,7 @@ Tensor copy_to(const Tensor& src, Device device, DType dtype, const char* op) {
     Tensor dst = s.dtype() == dtype ? out : empty(src.shape(), {s.dtype(), device});
     if (device.is_cuda() && s.device().is_cpu()) cuda_rt::copy_h2d(dst.data_ptr(), s.data_ptr(), dst.nbytes(), device.index());
     else if (device.is_cpu()) cuda_rt::copy_d2h(dst.data_ptr(), s.data_ptr(), dst.nbytes(), s.device().index());
-    else cuda_rt::copy_d2d(dst.data_ptr(), s.data_ptr(), dst.nbytes(), device.index());
+    else cuda_rt::copy_d2d(dst.data_ptr(), s.data_ptr(), dst.nbytes(), device.index(), s.device().index());
     if (dst.data_ptr() != out.data_ptr()) {
       if (device.is_cpu()) cpu::copy(out, dst);
       else BB_GPU(op, dst, gpu::copy(out, dst));

@@ -18,7 +18,7 @@ void* alloc(size_t, int) { no_cuda("cuda alloc"); }
 void free(void*, size_t, int) noexcept {}
 void copy_h2d(void*, const void*, size_t, int) { no_cuda("copy to cuda"); }
 void copy_d2h(void*, const void*, size_t, int) { no_cuda("copy from cuda"); }
-void copy_d2d(void*, const void*, size_t, int) { no_cuda("cuda copy"); }
+void copy_d2d(void*, const void*, size_t, int, int) { no_cuda("cuda copy"); }
 void* prepare_launch(int) { no_cuda("cuda launch"); }
 }  // namespace cuda_rt
 

@@ -79,7 +79,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t 
     BB_GPU("cross_entropy", logits, {
       // Count and logsumexp stay on the device: no host round trip per step.
       Tensor count = empty({}, {DType::F32, logits.device()});
-      Tensor lse = empty({rows}, {DType::F32, logits.device()});
+      Tensor lse = empty({rows}, {ldt, logits.device()});
       gpu::cross_entropy(loss, count, lse, logits, targets, rows, V, ignore_index);
       autograd::record("cross_entropy", loss, {logits_in}, [=](const Tensor& g) -> std::vector<Tensor> {
         Tensor d = empty(logits.shape(), logits.options());
