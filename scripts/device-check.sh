@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU and the CUDA toolkit but none of our
+# Debian packages (the lent H100/H200 machines):
+#
+#   scripts/device-check.sh OUTDIR
+#
+# Steps, each under its own `timeout`, the script going on after a failure:
+#   env       GPU and driver (nvidia-smi), toolkit versions, the commit      -> env.txt
+#   binaries  the programs to run: device-bundle/ if present and runnable, else a build
+#             from source (below)                                            -> build.log
+#   tests     every CUDA test program (cuda_test_*), full sizes              -> tests.log
+#   memcheck  compute-sanitizer --tool memcheck on the tests in quick mode
+#             (BARBELL_TEST_QUICK=1: small sizes)                            -> memcheck.log
+#   bench     bench_kernels --json                                           -> bench_kernels.{log,json}
+# and summary.txt: one line per step (PASS / FAIL / TIMEOUT / SKIP, seconds, a note).
+# OUTDIR gets at most 7 files (a device call returns at most 8). Progress goes to stdout;
+# the summary is printed last. Exit status 0 when every step passed.
+#
+# Where the programs come from:
+#   1. device-bundle/payload.tar.xz, made here by scripts/bundle-device.sh after a normal
+#      build (the tests, bench_kernels, libbarbell.so and the libraries the device lacks).
+#      It is unpacked to a temporary directory and run with LD_LIBRARY_PATH=<it>/lib plus
+#      the device's CUDA library directories. If ldd finds a library missing there (the
+#      device's CUDA toolkit has another major version, say), it looks for it on the
+#      machine; a too-old libstdc++ is replaced by the bundle's lib/fallback/. A bundle
+#      built from other sources than these (SOURCE_HASH) is used, with a warning: STALE.
+#   2. Otherwise (no bundle, binaries that cannot run, or DEVICE_CHECK_BUILD=1) a build
+#      from source with the device's nvcc for sm_90a, using the headers and CMake packages
+#      of fmt, nlohmann-json, CLI11, Catch2 and OpenBLAS from the bundle's deps/ (or from
+#      $BARBELL_DEVICE_DEPS, a prefix laid out like /usr). Without them the build cannot
+#      configure, and the summary says so.
+#
+# Environment: DEVICE_CHECK_BUDGET (seconds for the whole script, default 450),
+# DEVICE_CHECK_STEPS (default "tests,memcheck,bench"), DEVICE_CHECK_BENCH_ARGS (extra
+# bench_kernels flags, e.g. "--quick" or "--only layer_norm"), DEVICE_CHECK_BUILD=1
+# (build from source even with a bundle), DEVICE_CHECK_TESTS (test names, default all).
+#
+# scripts/device-check.sh --source-hash prints the hash of the sources (bundle-device.sh
+# records it in the bundle).
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+source_hash() {
+  (cd "$ROOT" && find CMakeLists.txt cmake include src kernels tests/cuda benchmarks examples -type f \
+    \( -name '*.cpp' -o -name '*.hpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' -o -name 'CMakeLists.txt' \
+    -o -name '*.cmake' -o -name '*.in' \) 2>/dev/null | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+}
+if [[ ${1:-} == --source-hash ]]; then
+  source_hash
+  exit 0
+fi
+
+OUTDIR=${1:?usage: scripts/device-check.sh OUTDIR}
+mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
+BUDGET=${DEVICE_CHECK_BUDGET:-450}
+STEPS=${DEVICE_CHECK_STEPS:-tests,memcheck,bench}
+BENCH_ARGS=${DEVICE_CHECK_BENCH_ARGS:-}
+T0=$(date +%s)
+WORK=$(mktemp -d /tmp/barbell-device-check.XXXXXX)
+SUMMARY=$OUTDIR/summary.txt
+ENV_TXT=$OUTDIR/env.txt
+BUILD_LOG=$OUTDIR/build.log
+TESTS_LOG=$OUTDIR/tests.log
+MEMCHECK_LOG=$OUTDIR/memcheck.log
+BENCH_LOG=$OUTDIR/bench_kernels.log
+BENCH_JSON=$OUTDIR/bench_kernels.json
+NPROC=$(nproc 2>/dev/null || echo 8)
+export PATH="$PATH:/usr/local/cuda/bin"
+
+elapsed() { echo $(($(date +%s) - T0)); }
+say() { printf '[device-check %4ss] %s\n' "$(elapsed)" "$*"; }
+FAILED=0
+NSTEPS=0
+# record STEP STATUS SECONDS NOTE: one summary line, written at once (survives a kill)
+record() {
+  NSTEPS=$((NSTEPS + 1))
+  [[ $2 == PASS || $2 == SKIP ]] || FAILED=$((FAILED + 1))
+  printf '%-34s %-8s %5ss  %s\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
+  say "$1: $2 ($3 s) $4"
+}
+has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+# run_step NAME CAP RESERVE LOG cmd...: runs cmd under timeout min(CAP, what the budget
+# leaves after RESERVE seconds for later steps), its output appended to LOG and kept in
+# $WORK/step.log. Sets RC and SECS; RC 99 means it did not run (no time left).
+run_step() {
+  local name=$1 cap=$2 reserve=$3 log=$4
+  shift 4
+  local left=$((BUDGET - $(elapsed) - reserve))
+  local lim=$((cap < left ? cap : left))
+  SECS=0
+  if ((lim < 15)); then
+    RC=99
+    echo "===== $name: not run, no time left in the ${BUDGET}s budget" >>"$log"
+    return
+  fi
+  say "$name: running (timeout ${lim}s)"
+  local t
+  t=$(date +%s)
+  timeout -k 10 "$lim" "$@" >"$WORK/step.log" 2>&1
+  RC=$?
+  SECS=$(($(date +%s) - t))
+  {
+    echo
+    echo "===== $name ($(date -u +%H:%M:%S), timeout ${lim}s): $*"
+    cat "$WORK/step.log"
+    echo "===== $name: exit $RC after ${SECS}s"
+  } >>"$log"
+}
+
+# status of a test-like program from its exit code
+GPU_VISIBLE=0
+status_of() {
+  case $1 in
+    0) echo PASS ;;
+    77) if ((GPU_VISIBLE)); then echo FAIL; else echo SKIP; fi ;;
+    99) echo SKIP ;;
+    124 | 137) echo TIMEOUT ;;
+    *) echo FAIL ;;
+  esac
+}
+
+{
+  echo "device-check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), budget ${BUDGET}s, steps: $STEPS"
+  printf '%-34s %-8s %6s  %s\n' STEP STATUS TIME NOTE
+} >"$SUMMARY"
+
+# ---- env ---------------------------------------------------------------------------
+COMMIT=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
+[[ -z $COMMIT && -f $ROOT/COMMIT ]] && COMMIT=$(cat "$ROOT/COMMIT")
+BUNDLE=$ROOT/device-bundle
+BUNDLE_COMMIT=$(cat "$BUNDLE/COMMIT" 2>/dev/null || true)
+HERE_HASH=$(source_hash)
+BUNDLE_HASH=$(cat "$BUNDLE/SOURCE_HASH" 2>/dev/null || true)
+[[ -z $COMMIT ]] && COMMIT="${BUNDLE_COMMIT:-unknown} (from the bundle)"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  kernel: $(uname -r)"
+  echo "commit: $COMMIT   source hash: $HERE_HASH"
+  echo "bundle: ${BUNDLE_COMMIT:-none}   bundle source hash: ${BUNDLE_HASH:-none}"
+  echo
+  echo "== nvidia-smi"
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.memory,clocks.sm,power.limit,temperature.gpu,persistence_mode,compute_mode,mig.mode.current --format=csv 2>&1
+  timeout 20 nvidia-smi 2>&1 | head -20
+  timeout 20 nvidia-smi -q 2>&1 | grep -E 'Product Name|Product Architecture|Driver Version|CUDA Version|VBIOS|Persistence Mode|MIG Mode|Current  *:|Pending|Compute Mode|Max Clocks|Clocks Event Reasons|Power Limit|Temp' | head -40
+  echo
+  echo "== toolchain"
+  command -v nvcc && nvcc --version | tail -2
+  command -v cmake && cmake --version | head -1
+  command -v ninja && ninja --version
+  command -v g++ && g++ --version | head -1
+  command -v compute-sanitizer && compute-sanitizer --version 2>&1 | head -2
+  (. /etc/os-release 2>/dev/null && echo "os: $PRETTY_NAME")
+  ldd --version 2>&1 | head -1
+  echo "nproc: $NPROC"
+} >"$ENV_TXT" 2>&1
+GPU_NAME=$(timeout 20 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+if [[ -n $GPU_NAME ]]; then
+  GPU_VISIBLE=1
+  record env PASS "$(elapsed)" "$GPU_NAME; commit $COMMIT"
+else
+  record env FAIL "$(elapsed)" "nvidia-smi shows no GPU; commit $COMMIT"
+fi
+sed -i "1a gpu: ${GPU_NAME:-none}   commit: $COMMIT" "$SUMMARY"
+
+# ---- binaries ------------------------------------------------------------------------
+# CUDA's library directories and the driver's, ahead of anything else on the machine.
+cuda_dirs=""
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+  [[ -d $d ]] && cuda_dirs="$cuda_dirs:$d"
+done
+if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
+  d=$(timeout 30 find /usr /opt /lib -name 'libcuda.so.1' 2>/dev/null | head -1)
+  [[ -n $d ]] && cuda_dirs="$cuda_dirs:$(dirname "$d")"
+fi
+
+missing_libs() {  # the "not found" lines of ldd over the given programs
+  for b in "$@"; do ldd "$b" 2>&1 | grep 'not found'; done | sort -u
+}
+
+BIN=""
+BIN_NOTE=""
+use_bundle() {
+  [[ -f $BUNDLE/payload.tar.xz ]] || { BIN_NOTE="no device-bundle/payload.tar.xz"; return 1; }
+  local dir=$WORK/bundle
+  mkdir -p "$dir"
+  if ! tar -C "$dir" -xJf "$BUNDLE/payload.tar.xz" 2>>"$BUILD_LOG"; then
+    # no xz binary: Python's tarfile reads xz itself
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/payload.tar.xz" "$dir" \
+      2>>"$BUILD_LOG" || { BIN_NOTE="cannot unpack the bundle"; return 1; }
+  fi
+  export LD_LIBRARY_PATH="$dir/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local progs=("$dir"/bin/*)
+  local miss
+  miss=$(missing_libs "${progs[@]}")
+  if grep -q 'GLIBCXX\|GCC_\|CXXABI' <<<"$miss"; then
+    export LD_LIBRARY_PATH="$dir/lib/fallback:$LD_LIBRARY_PATH"
+    echo "device-check: using the bundle's libstdc++ (the machine's is older)" >>"$BUILD_LOG"
+    miss=$(missing_libs "${progs[@]}")
+  fi
+  # A library the machine has somewhere else (a CUDA library of a pip package, say).
+  for lib in $(awk '/=> not found/ {print $1}' <<<"$miss" | sort -u); do
+    local p
+    p=$(timeout 60 find /usr /opt /lib -name "$lib" 2>/dev/null | head -1)
+    if [[ -n $p ]]; then
+      LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$p")"
+      export LD_LIBRARY_PATH
+      echo "device-check: found $lib at $p" >>"$BUILD_LOG"
+    fi
+  done
+  miss=$(missing_libs "${progs[@]}")
+  {
+    echo "== ldd of the bundle's programs (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
+    for b in "${progs[@]}"; do
+      echo "-- $(basename "$b")"
+      ldd "$b"
+    done
+  } >>"$ENV_TXT" 2>&1
+  if [[ -n $miss ]]; then
+    echo "device-check: the bundle's programs cannot load:" >>"$BUILD_LOG"
+    echo "$miss" >>"$BUILD_LOG"
+    BIN_NOTE="bundle unusable: $(tr '\n' ' ' <<<"$miss" | head -c 300)"
+    return 1
+  fi
+  BIN=$dir/bin
+  BIN_NOTE="bundle (commit ${BUNDLE_COMMIT:-?})"
+  return 0
+}
+
+build_from_source() {
+  local deps=${BARBELL_DEVICE_DEPS:-$WORK/bundle/deps}
+  if [[ ! -d $deps && -f $BUNDLE/payload.tar.xz ]]; then
+    mkdir -p "$WORK/bundle" && tar -C "$WORK/bundle" -xJf "$BUNDLE/payload.tar.xz" 2>>"$BUILD_LOG"
+  fi
+  if [[ ! -d $deps ]]; then
+    BIN_NOTE="$BIN_NOTE; cannot build here: no deps (fmt, OpenBLAS, Catch2, CLI11, nlohmann-json) - run scripts/bundle-device.sh and carry device-bundle"
+    return 1
+  fi
+  # the bundle's lib/ holds the shared libraries deps/ links to
+  [[ -d $WORK/bundle/lib ]] && export LD_LIBRARY_PATH="$WORK/bundle/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  local b=$WORK/build
+  local targets=()
+  for t in "$ROOT"/tests/cuda/test_*.cpp; do targets+=("cuda_$(basename "$t" .cpp)"); done
+  targets+=(bench_kernels)
+  run_step "configure" 120 200 "$BUILD_LOG" cmake -S "$ROOT" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DBARBELL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DBARBELL_EXAMPLES=OFF -DBARBELL_WERROR=OFF \
+    -DCMAKE_PREFIX_PATH="$deps" -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+  if ((RC != 0)); then
+    BIN_NOTE="$BIN_NOTE; cmake configure failed (exit $RC, see build.log)"
+    return 1
+  fi
+  run_step "build" 360 150 "$BUILD_LOG" ninja -C "$b" -k 0 -j"$NPROC" "${targets[@]}"
+  mkdir -p "$WORK/bin"
+  for t in "${targets[@]}"; do
+    f=$(find "$b" -maxdepth 3 -type f -name "$t" -perm -u+x | head -1)
+    [[ -n $f ]] && ln -sf "$f" "$WORK/bin/$t"
+  done
+  if ! ls "$WORK/bin"/cuda_test_* >/dev/null 2>&1; then
+    BIN_NOTE="$BIN_NOTE; the build made no test programs (exit $RC, see build.log)"
+    return 1
+  fi
+  BIN=$WORK/bin
+  BIN_NOTE="$BIN_NOTE; built from source here in ${SECS}s$( ((RC != 0)) && echo " (some targets failed, see build.log)")"
+  return 0
+}
+
+t=$(date +%s)
+: >"$BUILD_LOG"
+if [[ ${DEVICE_CHECK_BUILD:-0} != 1 ]] && use_bundle; then
+  if [[ -n $BUNDLE_HASH && $BUNDLE_HASH != "$HERE_HASH" ]]; then
+    record binaries STALE $(($(date +%s) - t)) "$BIN_NOTE: built from other sources (hash $BUNDLE_HASH, here $HERE_HASH); rerun scripts/bundle-device.sh"
+  else
+    record binaries PASS $(($(date +%s) - t)) "$BIN_NOTE, sources match"
+  fi
+else
+  say "binaries: ${BIN_NOTE:-DEVICE_CHECK_BUILD=1}; building from source"
+  if build_from_source; then
+    record binaries PASS $(($(date +%s) - t)) "$BIN_NOTE"
+  else
+    record binaries FAIL $(($(date +%s) - t)) "$BIN_NOTE"
+  fi
+fi
+[[ -s $BUILD_LOG ]] || rm -f "$BUILD_LOG"
+
+# ---- tests -----------------------------------------------------------------------------
+# name:cap seconds (the full run); memcheck runs them in quick mode.
+TESTS=${DEVICE_CHECK_TESTS:-runtime ops nn gpt}
+declare -A CAP=([runtime]=90 [ops]=180 [nn]=180 [gpt]=120)
+BENCH_RESERVE=0
+has_step bench && BENCH_RESERVE=150
+
+if has_step tests; then
+  for name in $TESTS; do
+    prog=$BIN/cuda_test_cuda_$name
+    if [[ -z $BIN || ! -x $prog ]]; then
+      record "test $name" FAIL 0 "no program ${prog##*/}"
+      continue
+    fi
+    run_step "test $name" "${CAP[$name]:-180}" $((BENCH_RESERVE + 60)) "$TESTS_LOG" env BARBELL_TEST_QUICK=0 "$prog"
+    st=$(status_of $RC)
+    note=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
+    ((RC == 77)) && note="$note exit 77 (no device seen by the program) $(grep -m1 'skipped' "$WORK/step.log")"
+    ((RC == 99)) && note="not run: out of time"
+    [[ $st == TIMEOUT ]] && note="timed out; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
+    [[ -z $note ]] && note="exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
+    record "test $name" "$st" "$SECS" "$note"
+    if [[ $st != PASS ]]; then
+      grep -E '^FAIL|threw' "$WORK/step.log" | head -25 | sed 's/^/    /'
+    fi
+  done
+fi
+
+# ---- memcheck ------------------------------------------------------------------------
+if has_step memcheck; then
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [[ -z $SAN ]]; then
+    record memcheck FAIL 0 "compute-sanitizer not found"
+  else
+    for name in $TESTS; do
+      prog=$BIN/cuda_test_cuda_$name
+      [[ -n $BIN && -x $prog ]] || continue
+      run_step "memcheck $name" 150 "$BENCH_RESERVE" "$MEMCHECK_LOG" env BARBELL_TEST_QUICK=1 "$SAN" --tool memcheck \
+        --error-exitcode 86 --report-api-errors no --print-limit 30 "$prog"
+      es=$(grep -m1 'ERROR SUMMARY' "$WORK/step.log")
+      ts=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
+      case $RC in
+        0) record "memcheck $name" PASS "$SECS" "${es:-no error summary}; $ts" ;;
+        86) if [[ -n $es ]]; then
+              record "memcheck $name" FAIL "$SECS" "$es"
+              grep -m10 -E '^=+ (Invalid|Uninitialized|Program hit|Out-of-range|Misaligned)' "$WORK/step.log" | sed 's/^/    /'
+            else
+              record "memcheck $name" SKIP 0 "not run: out of time"
+            fi ;;
+        124 | 137) record "memcheck $name" TIMEOUT "$SECS" "$es $ts" ;;
+        *) record "memcheck $name" FAIL "$SECS" "exit $RC: ${es} ${ts}" ;;
+      esac
+    done
+  fi
+fi
+
+# ---- bench -----------------------------------------------------------------------------
+if has_step bench; then
+  prog=$BIN/bench_kernels
+  if [[ -z $BIN || ! -x $prog ]]; then
+    record bench_kernels FAIL 0 "no bench_kernels program"
+  else
+    # shellcheck disable=SC2086
+    run_step bench_kernels 300 0 "$BENCH_LOG" "$prog" --json "$BENCH_JSON" --commit "$COMMIT" $BENCH_ARGS
+    last=$(grep '^bench_kernels:' "$WORK/step.log" | tail -1)
+    st=$(status_of $RC)
+    ((RC == 1)) && st=FAIL
+    record bench_kernels "$st" "$SECS" "${last:-exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)}"
+    grep -E '^ceiling:|ERROR' "$WORK/step.log" | head -20 | sed 's/^/    /'
+  fi
+fi
+
+# ---- summary -------------------------------------------------------------------------
+if ((FAILED)); then
+  echo "OVERALL: FAIL ($FAILED of $NSTEPS steps not passed) after $(elapsed)s" >>"$SUMMARY"
+else
+  echo "OVERALL: PASS ($NSTEPS steps) after $(elapsed)s" >>"$SUMMARY"
+fi
+rm -rf "$WORK"
+echo
+cat "$SUMMARY"
+echo "files in $OUTDIR: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
+((FAILED == 0))
