@@ -1027,3 +1027,13 @@ TEST_CASE("f32, bf16 and f16 ops against the f64 result", "[ops][precision]") {
     REQUIRE(bbtest::max_abs_diff(f64(bb::embedding(ids, low(w))), bb::embedding(ids, w)) == 0.0);
   }
 }
+
+TEST_CASE("linear_gelu is gelu(linear) with the tanh approximation, and its gradient", "[ops][matmul]") {
+  Tensor x = uniform({3, 5}, 301), w = uniform({4, 5}, 302), b = uniform({4}, 303);
+  Tensor want = bb::gelu(bb::linear(x, w, b), bb::GeluApprox::Tanh);
+  REQUIRE(bbtest::max_abs_diff(bb::linear_gelu(x, w, b), want) == 0.0);
+  auto f = [](const std::vector<Tensor>& v) { return bb::linear_gelu(v[0], v[1], v[2]); };
+  bbtest::require_gradcheck(f, {x.to(bb::kF64).requires_grad_(true), w.to(bb::kF64).requires_grad_(true),
+                                b.to(bb::kF64).requires_grad_(true)});
+  REQUIRE_THROWS_AS(bb::linear_gelu(x, w, Tensor()), bb::ValueError);
+}

@@ -80,7 +80,9 @@ MLP::MLP(int64_t n_embd, bool bias, double init_std, double proj_init_std, doubl
 }
 
 Tensor MLP::forward(const Tensor& x) const {
-  return dropout->forward(c_proj->forward(gelu(c_fc->forward(x), GeluApprox::Tanh)));
+  // One cuBLASLt call with bias and GELU fused on a GPU; linear then gelu on the CPU.
+  Tensor h = c_fc->bias.defined() ? linear_gelu(x, c_fc->weight, c_fc->bias) : gelu(c_fc->forward(x), GeluApprox::Tanh);
+  return dropout->forward(c_proj->forward(h));
 }
 
 Block::Block(const AttentionConfig& cfg, Generator* gen) {

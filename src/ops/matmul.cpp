@@ -136,4 +136,47 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return y;
 }
 
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias) {
+  detail::check_defined("linear_gelu", {&x, &w, &bias});
+  if (x.is_cpu() || !w.device().is_cuda() || x.dim() < 1) return gelu(linear(x, w, bias), GeluApprox::Tanh);
+  // linear's checks (the CPU path gets them from linear itself).
+  detail::check_same_device("linear_gelu", x, w);
+  detail::check_same_device("linear_gelu", x, bias);
+  detail::check_same_dtype("linear_gelu", x, w);
+  detail::check_same_dtype("linear_gelu", x, bias);
+  detail::check_floating("linear_gelu", x);
+  BB_CHECK(w.dim() == 2 && x.shape().back() == w.shape()[1] && bias.dim() == 1 && bias.shape()[0] == w.shape()[0],
+           ShapeError, "linear_gelu: x is {}, weight is {}, bias is {} (expected weight [out, {}], bias [out])",
+           shape_str(x.shape()), shape_str(w.shape()), shape_str(bias.shape()), x.shape().back());
+  [[maybe_unused]] const int64_t in = w.shape()[1];
+  const int64_t outf = w.shape()[0];
+  Shape ys(x.shape().begin(), x.shape().end() - 1);
+  ys.push_back(outf);
+  Tensor y, pre, x2;
+  BB_GPU("linear_gelu", x, {
+    NoGradGuard g;
+    x2 = x.reshape({-1, in});
+    if (!gpu::matmul_strides_ok(x2)) x2 = x2.contiguous();
+    y = empty({x2.size(0), outf}, x.options());
+    pre = empty({x2.size(0), outf}, x.options());
+    gpu::linear(y, x2, w.contiguous(), bias.contiguous(), gpu::Epilogue::BiasGelu, pre);
+  });
+  y = y.view(ys);
+  Tensor xd = x2.detach(), wd = w.detach();
+  Shape xs = x.shape();
+  bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.requires_grad();
+  autograd::record("linear_gelu", y, {x, w, bias}, [=](const Tensor& g) -> std::vector<Tensor> {
+    Tensor g2 = g.reshape({-1, outf}).contiguous();
+    if (g2.dtype() != pre.dtype()) g2 = g2.to(pre.dtype());
+    Tensor dpre = empty(pre.shape(), pre.options());
+    BB_GPU("linear_gelu", pre, gpu::unary_backward(gpu::UnaryOp::GeluTanh, dpre, g2, pre));
+    std::vector<Tensor> r(3);
+    if (gx) r[0] = matmul(dpre, wd).view(xs);
+    if (gw) r[1] = matmul(dpre.t(), xd);
+    if (gb) r[2] = sum(dpre, {0});
+    return r;
+  });
+  return y;
+}
+
 }  // namespace barbell

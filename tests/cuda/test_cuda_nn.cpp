@@ -55,6 +55,21 @@ void linears() {
     if (low_precision(dt)) c.tol = c.grad_tol = 2.5 * tol_of(dt);
     run(c);
   }
+  // linear_gelu: cuBLASLt's bias+GELU epilogue (with its saved pre-activation) against
+  // linear then gelu on the CPU; 4C = 192 (aux ld a multiple of 8) and 4C = 132 (not:
+  // the unfused fallback inside the launcher).
+  for (int64_t hidden : {192, 132, 3072}) {
+    for (DType dt : float_dtypes(false)) {
+      OpCheck c;
+      int64_t C = hidden == 3072 ? 768 : 48, N = hidden == 3072 ? big(64, 8) : 33;
+      c.name = "linear_gelu [" + std::to_string(N) + "," + std::to_string(C) + "] -> " + std::to_string(hidden);
+      c.dt = dt;
+      c.inputs = {in(randn({N, C}, dt)), in(randn({hidden, C}, dt, 0.2)), in(randn({hidden}, dt))};
+      c.f = [](const std::vector<Tensor>& x) { return bb::linear_gelu(x[0], x[1], x[2]); };
+      if (low_precision(dt)) c.tol = c.grad_tol = 2.5 * tol_of(dt);
+      run(c);
+    }
+  }
 }
 
 void norms() {
