@@ -3,6 +3,7 @@
 
 #include "barbell/config.hpp"
 #include "barbell/core/device.hpp"
+#include "barbell/cuda/cuda.hpp"
 #include "barbell/core/dtype.hpp"
 #include "barbell/core/error.hpp"
 #include "barbell/core/parallel.hpp"
@@ -17,3 +18,4 @@
 #include "barbell/io/data.hpp"
 #include "barbell/io/safetensors.hpp"
 #include "barbell/io/tokenizer.hpp"
+#include "barbell/dist/dist.hpp"

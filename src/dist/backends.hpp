@@ -1,0 +1,54 @@
+// The seam between the public dist API and its backends: MPI (process_group_mpi.cpp), NCCL
+// (process_group_nccl.cpp) and the one-rank group. Each backend file compiles to stubs
+// that throw a clear Error when this build does not have it.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "barbell/dist/process_group.hpp"
+
+namespace barbell::dist::detail {
+
+// ---- MPI ----
+bool mpi_built();
+struct MpiWorld {
+  int rank = 0, size = 1, local_rank = 0, local_size = 1;
+};
+// Keeps MPI initialized while held (MPI is finalized when the last holder, MPI group or
+// handle, goes). Initializes MPI if needed.
+std::shared_ptr<void> mpi_keepalive();
+// Describes MPI_COMM_WORLD (hold mpi_keepalive() around it).
+MpiWorld mpi_world();
+// A group over a duplicate of MPI_COMM_WORLD.
+ProcessGroupPtr make_mpi_group(double timeout_s);
+// Broadcast of raw bytes over MPI_COMM_WORLD (to share the NCCL unique id).
+void mpi_broadcast_bytes(void* data, size_t n, int root, double timeout_s);
+// MPI is initialized and not yet finalized.
+bool mpi_active();
+// MPI_Abort(MPI_COMM_WORLD, code) when MPI is active; returns otherwise.
+void mpi_abort(int code);
+
+// ---- NCCL ----
+bool nccl_built();
+std::string nccl_unique_id();  // the bytes of a fresh ncclUniqueId
+size_t nccl_unique_id_size();
+// `keepalive` is held by the group (init_mpi passes MPI's, so abort_job can still MPI_Abort).
+ProcessGroupPtr make_nccl_group(const std::string& unique_id, int rank, int size, int gpu, double timeout_s,
+                                std::shared_ptr<void> keepalive = nullptr);
+std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, double timeout_s);
+// ncclCommAbort on every live communicator of this process; returns how many.
+int nccl_abort_all();
+// Aborts the communicator behind a NCCL group (no-op for other backends).
+void nccl_abort(ProcessGroup& pg);
+// Makes the group's GPU current on the calling thread (no-op for other backends).
+void set_group_device(ProcessGroup& pg);
+
+// ---- the one-rank group ----
+ProcessGroupPtr make_local_group(Device device);
+
+// Shared by the backends: the error for a collective that did not finish in time.
+std::string timeout_message(const std::string& what, double timeout_s, int rank, int size);
+
+}  // namespace barbell::dist::detail
