@@ -39,6 +39,7 @@ struct Args {
   int digits = 3;
   bool reverse = false;
   int threads = 0;
+  bool zero = false;
 };
 
 std::string fmt_duration(double s) {
@@ -85,8 +86,8 @@ class AdditionSource : public Source {
 class TokenSource : public Source {
  public:
   TokenSource(std::shared_ptr<const std::vector<int32_t>> tokens, int64_t vocab, int64_t batch, int64_t T, uint64_t seed,
-              std::string path)
-      : loader_(tokens, batch, T, seed), vocab_(vocab), T_(T), ntok_(static_cast<int64_t>(tokens->size())),
+              std::string path, int rank = 0, int world = 1)
+      : loader_(tokens, batch, T, seed, rank, world), vocab_(vocab), T_(T), ntok_(static_cast<int64_t>(tokens->size())),
         path_(std::move(path)) {}
   std::pair<bb::Tensor, bb::Tensor> next_batch() override { return loader_.next(); }
   int64_t vocab_size() const override { return vocab_; }
@@ -176,13 +177,28 @@ int run(const Args& args) {
                           : args.dtype == "bf16" ? bb::kBF16
                                                  : bb::kF16;
 
+  // Data parallelism: under mpirun (or RANK/WORLD_SIZE) every rank trains --batch / N
+  // sequences per step on its own data; alone, init() gives a one-rank group and nothing
+  // changes. CPU ranks use MPI, GPUs NCCL (rank r on GPU local_rank % device_count).
+  bb::dist::InitOptions dio;
+  dio.backend = device.is_cuda() ? bb::dist::Backend::NCCL : bb::dist::Backend::MPI;
+  auto pg = bb::dist::init(dio);
+  const int rank = pg->rank(), world = pg->size();
+  const bool lead = rank == 0;
+  if (pg->backend() == bb::dist::Backend::NCCL) device = pg->device();
+  BB_CHECK(args.batch % world == 0, bb::ValueError, "barbell-train: --batch {} must be a multiple of the {} ranks",
+           args.batch, world);
+  const int64_t local_batch = args.batch / world;
+  // Rank 0 keeps the single-process seed, so a one-rank job reproduces a run without mpirun.
+  const uint64_t rank_seed = args.seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(rank);
+
   // Data.
   std::optional<bb::io::AdditionTask> task;
   std::unique_ptr<Source> train_src, val_src;
   std::shared_ptr<const std::vector<int32_t>> train_tokens, val_tokens;
   if (args.data.empty()) {
     task.emplace(args.digits, args.reverse);
-    train_src = std::make_unique<AdditionSource>(*task, args.batch, args.seed);
+    train_src = std::make_unique<AdditionSource>(*task, local_batch, rank_seed);
   } else {
     auto tokens = bb::io::load_tokens(args.data);
     int64_t vocab = 256;
@@ -197,7 +213,8 @@ int run(const Args& args) {
              args.seq_len);
     train_tokens = std::make_shared<const std::vector<int32_t>>(tokens.begin(), tokens.end() - n_val);
     val_tokens = std::make_shared<const std::vector<int32_t>>(tokens.end() - n_val, tokens.end());
-    train_src = std::make_unique<TokenSource>(train_tokens, vocab, args.batch, args.seq_len, args.seed, args.data);
+    train_src = std::make_unique<TokenSource>(train_tokens, vocab, local_batch, args.seq_len, args.seed, args.data, rank,
+                                              world);
     val_src = std::make_unique<TokenSource>(val_tokens, vocab, args.batch, args.seq_len, args.seed + 1, "validation");
   }
 
@@ -219,10 +236,23 @@ int run(const Args& args) {
   ao.beta1 = 0.9;
   ao.beta2 = 0.99;
   ao.weight_decay = args.weight_decay;
-  bb::optim::AdamW opt(model.named_parameters(), ao);
+  // DataParallel averages the gradients during backward; --zero shards AdamW's state
+  // instead (ZeroAdamW averages the gradients itself and clips from its shards).
+  std::unique_ptr<bb::dist::DataParallel> ddp;
+  std::unique_ptr<bb::optim::Optimizer> opt;
+  if (args.zero) {
+    bb::dist::ZeroAdamWOptions zo;
+    static_cast<bb::optim::AdamWOptions&>(zo) = ao;
+    zo.max_grad_norm = args.grad_clip;
+    opt = std::make_unique<bb::dist::ZeroAdamW>(model.named_parameters(), pg, zo);
+  } else {
+    ddp = std::make_unique<bb::dist::DataParallel>(model, pg);
+    opt = std::make_unique<bb::optim::AdamW>(model.named_parameters(), ao);
+  }
   bb::optim::CosineSchedule sched(args.lr, args.min_lr, std::min(args.warmup, args.steps), args.steps);
 
-  std::filesystem::create_directories(args.out);
+  if (lead) std::filesystem::create_directories(args.out);
+  if (rank > 0) bb::manual_seed(rank_seed);  // each rank its own dropout masks
   const std::string ckpt = args.out + "/checkpoint.safetensors";
   const std::string metrics_path = args.out + "/metrics.jsonl";
   int64_t step = 0;
@@ -238,7 +268,7 @@ int run(const Args& args) {
       else model_state.emplace_back(n, t);
     }
     model.load_state_dict(model_state);
-    opt.load_state_dict(opt_state);
+    opt->load_state_dict(opt_state);
     json saved_run = json::parse(meta.count("barbell.run") ? meta["barbell.run"] : "{}", nullptr, false);
     json now_run = run_json(args, dtype);
     std::string diffs;
@@ -253,9 +283,10 @@ int run(const Args& args) {
     train_src->set_state(st.at("data"));
     bb::default_generator().manual_seed(st.at("rng_seed").get<uint64_t>());
     bb::default_generator().set_offset(st.at("rng_offset").get<uint64_t>());
-    fmt::print("resumed from {} at step {}\n", ckpt, step);
+    if (rank > 0) bb::default_generator().manual_seed(st.at("rng_seed").get<uint64_t>() + rank_seed - args.seed);
+    if (lead) fmt::print("resumed from {} at step {}\n", ckpt, step);
   }
-  if (args.resume) {
+  if (args.resume && lead) {
     // Drop what an interrupted run logged after its last checkpoint: those steps run again.
     std::ifstream in(metrics_path);
     std::string line, kept;
@@ -265,12 +296,18 @@ int run(const Args& args) {
     }
     std::ofstream(metrics_path, std::ios::trunc) << kept;
   }
-  std::ofstream metrics(metrics_path, args.resume ? std::ios::app : std::ios::trunc);
-  BB_CHECK(metrics.good(), bb::IOError, "barbell-train: cannot write {}", metrics_path);
+  std::ofstream metrics;  // rank 0 alone prints, logs, evaluates and writes checkpoints
+  if (lead) {
+    metrics.open(metrics_path, args.resume ? std::ios::app : std::ios::trunc);
+    BB_CHECK(metrics.good(), bb::IOError, "barbell-train: cannot write {}", metrics_path);
+  }
 
+  // Called on every rank: with --zero, state_dict() gathers the shards (a collective).
   auto save = [&](int64_t at_step) {
+    bb::NamedTensors opt_state = opt->state_dict();
+    if (!lead) return;
     bb::NamedTensors all = model.state_dict();
-    for (auto& [n, t] : opt.state_dict()) all.emplace_back("optimizer." + n, t);
+    for (auto& [n, t] : opt_state) all.emplace_back("optimizer." + n, t);
     json st = {{"step", at_step},
                {"data", train_src->state()},
                {"rng_seed", bb::default_generator().seed()},
@@ -304,7 +341,11 @@ int run(const Args& args) {
     return m;
   };
 
+  if (lead) {
   fmt::print("barbell-train: {}\n", train_src->describe());
+  if (world > 1)
+    fmt::print("data parallel: {} ranks ({}), {} sequences each, {}\n", world, bb::dist::backend_name(pg->backend()),
+               local_batch, args.zero ? "ZeRO-1 AdamW" : "gradients averaged by DataParallel");
   fmt::print("model: {} layers, {} heads, width {}, vocab {}, context {}: {:.2f}M parameters; device {}{}, {}\n",
              cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.block_size, model.num_parameters() / 1e6,
              device.str(), device.is_cuda() ? " (" + bb::cuda::properties(device.index()).name + ")" : "",
@@ -314,6 +355,7 @@ int run(const Args& args) {
   fmt::print("training {} steps of {} x {} tokens, AdamW lr {} -> {}, warm-up {}\n", args.steps, args.batch,
              train_src->seq_len(), args.lr, args.min_lr, args.warmup);
   std::fflush(stdout);
+  }
 
   const bool tty = isatty(fileno(stdout));
   const int64_t tokens_per_step = args.batch * train_src->seq_len();
@@ -323,24 +365,32 @@ int run(const Args& args) {
   bool stopped_early = false;
   while (step < args.steps) {
     double lr = sched(step);
-    opt.set_lr(lr);
+    opt->set_lr(lr);
     auto [xb, yb] = train_src->next_batch();
     bb::Tensor loss = model.loss(xb.to(device), yb.to(device));
     loss.backward();
-    double gnorm = bb::optim::clip_grad_norm_(model.parameters(), args.grad_clip);
-    opt.step();
-    opt.zero_grad();
+    double gnorm = 0;
+    if (ddp) {
+      ddp->finish();  // every rank now holds the same averaged gradients
+      gnorm = bb::optim::clip_grad_norm_(model.parameters(), args.grad_clip);
+    }
+    opt->step();
+    if (!ddp) gnorm = static_cast<bb::dist::ZeroAdamW&>(*opt).last_grad_norm();
+    opt->zero_grad();
     ++step;
-    double l = loss.item<double>();
+    // The loss averaged over ranks: every rank logs and checks the same number.
+    bb::Tensor lt = loss.detach().to(bb::kF32).reshape({1}).clone();
+    pg->all_reduce(lt, bb::dist::ReduceOp::Avg)->wait();
+    double l = lt.item<double>();
     BB_CHECK(std::isfinite(l), bb::Error, "barbell-train: the loss became {} at step {}", l, step);
     loss_ema = std::isnan(loss_ema) ? l : 0.9 * loss_ema + 0.1 * l;
     double elapsed = std::chrono::duration<double>(Clock::now() - t_train).count();
     double tps = static_cast<double>((step - first_step) * tokens_per_step) / std::max(elapsed, 1e-9);
     double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(args.steps - step);
-    metrics << json{{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
+    if (lead) metrics << json{{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
                     {"elapsed_s", elapsed}}.dump()
             << "\n";
-    if (step % args.log_every == 0 || step == args.steps || tty) {
+    if (lead && (step % args.log_every == 0 || step == args.steps || tty)) {
       std::string line = fmt::format("step {:>5}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | {:.0f} ms/step | ETA {}",
                                      step, args.steps, loss_ema, lr, fmt_rate(tps),
                                      1e3 * elapsed / static_cast<double>(step - first_step), fmt_duration(eta));
@@ -350,15 +400,24 @@ int run(const Args& args) {
     }
     // Save first: a failure in evaluation must not cost the training done since the last save.
     if (args.save_every > 0 && step % args.save_every == 0 && step < args.steps) save(step);
-    if (args.eval_every > 0 && step % args.eval_every == 0 && step < args.steps) evaluate(step);
-    if (args.time_limit > 0 && std::chrono::duration<double>(Clock::now() - t_start).count() > args.time_limit) {
-      fmt::print("\ntime limit of {} s reached at step {}\n", args.time_limit, step);
+    if (lead && args.eval_every > 0 && step % args.eval_every == 0 && step < args.steps) evaluate(step);
+    // Ranks must stop together: rank 0's clock decides for all of them.
+    bool out_of_time =
+        args.time_limit > 0 && std::chrono::duration<double>(Clock::now() - t_start).count() > args.time_limit;
+    if (args.time_limit > 0 && world > 1) {
+      bb::Tensor f = bb::from_vector<int32_t>({out_of_time ? 1 : 0}, {1}).to(pg->device());
+      pg->broadcast(f, 0)->wait();
+      out_of_time = f.item<int>() != 0;
+    }
+    if (out_of_time) {
+      if (lead) fmt::print("\ntime limit of {} s reached at step {}\n", args.time_limit, step);
       stopped_early = true;
       break;
     }
   }
-  if (tty) fmt::print("\n");
+  if (tty && lead) fmt::print("\n");
   save(step);
+  if (!lead) return 0;  // rank 0 alone evaluates and samples
   evaluate(step);
   fmt::print("checkpoint: {} (step {})\nmetrics: {}\n", ckpt, step, metrics_path);
 
@@ -426,14 +485,14 @@ int main(int argc, char** argv) {
   app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
   app.add_option("--threads", a.threads, "CPU threads for OpenMP and OpenBLAS (0: all cores)")->capture_default_str();
+  app.add_flag("--zero", a.zero, "Under mpirun: shard AdamW's state over the ranks (ZeRO-1) instead of DataParallel");
   CLI11_PARSE(app, argc, argv);
   try {
     return run(a);
-  } catch (const barbell::Error& e) {
-    fmt::print(stderr, "\nerror: {}\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
     fmt::print(stderr, "\nerror: {}\n", e.what());
+    // Under mpirun the other ranks may be waiting in a collective: end them all.
+    if (barbell::dist::launched_by_mpi()) barbell::dist::abort_job(fmt::format("barbell-train: {}", e.what()));
     return 1;
   }
 }
