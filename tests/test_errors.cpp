@@ -380,6 +380,13 @@ TEST_CASE("CUDA tensors on a machine without a GPU throw, never crash", "[errors
   REQUIRE(is_device_error([&] { bb::tril_mask(2, 2, bb::Device::cuda(1)); }));
   REQUIRE(is_device_error([&] { f32({2}).to(bb::Device::cuda(0)); }));
   REQUIRE(is_device_error([&] { f32({2}).to(bb::Device::parse("cuda:1"), bb::kBF16); }));
+  // The runtime API says so too (DeviceError, whether or not this build has CUDA).
+  REQUIRE_THROWS_AS(bb::cuda::properties(0), bb::DeviceError);
+  REQUIRE_THROWS_AS(bb::cuda::memory_stats(), bb::DeviceError);
+  REQUIRE_THROWS_AS(bb::cuda::Event(), bb::DeviceError);
+  REQUIRE_THROWS_AS(bb::cuda::Stream::create(), bb::DeviceError);
+  REQUIRE_THROWS_AS(bb::cuda::current_stream(), bb::DeviceError);
+  REQUIRE_THROWS_AS(bb::cuda::synchronize(), bb::DeviceError);
   REQUIRE(bb::cuda::device_count() == 0);
   // The process is still fine afterwards.
   REQUIRE(bb::add(f32({2}), f32({2})).to_vector<float>() == std::vector<float>{2, 2});
