@@ -3,11 +3,13 @@
 // in one process; and abort_job for a program's error path.
 #include "barbell/dist/init.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <exception>
 #include <fstream>
 #include <mutex>
@@ -67,10 +69,35 @@ bool unhex(const std::string& h, std::string* out) {
   return true;
 }
 
+// When this library was loaded: the process's start, for a program linked against it.
+const std::time_t g_start_time = std::time(nullptr);
+
+// The job's id, so a rendezvous file left by another job is ignored. Under Slurm the step
+// is part of it: the steps of one allocation share SLURM_JOB_ID.
 std::string run_tag() {
+  std::string tag;
   for (const char* name : {"BARBELL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"})
-    if (const char* v = env(name)) return v;
-  return "";
+    if (const char* v = env(name)) {
+      tag = v;
+      break;
+    }
+  if (const char* step = env("SLURM_STEP_ID")) tag += fmt::format(".step{}", step);
+  return tag;
+}
+
+// A rendezvous file last written before (this process's start - timeout - kClockSlackS)
+// is a leftover (a job killed before rank 0 removed it), whatever its tag says: rank 0
+// publishes the file and then waits at most `timeout` for the other ranks in NCCL's init,
+// removing it when that ends, so a rank that started later than that cannot be waiting for
+// it. The slack covers clock differences between this node and the file system's server.
+// (A file from a run whose tag is empty or reused and that ended within that window is
+// still accepted: give each job a distinct BARBELL_RUN_ID.)
+constexpr double kClockSlackS = 30;
+
+bool too_old(const std::string& path, double timeout_s) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return false;  // gone: the read fails anyway
+  return static_cast<double>(st.st_mtime) < static_cast<double>(g_start_time) - timeout_s - kClockSlackS;
 }
 
 // Rank 0's side of the rendezvous: the file appears whole or not at all (rename).
@@ -91,7 +118,8 @@ void publish(const std::string& path, const std::string& id, int world) {
 }
 
 // The id in the file, if the file is there, complete, and from this job.
-bool try_read(const std::string& path, int world, std::string* id) {
+bool try_read(const std::string& path, int world, double timeout_s, std::string* id) {
+  if (too_old(path, timeout_s)) return false;
   std::ifstream f(path);
   if (!f.good()) return false;
   std::string magic, ver, k1, tag, k2, k3, idhex;
@@ -161,26 +189,33 @@ ProcessGroupPtr init_env(const InitOptions& opts) {
            "system every rank sees");
   const int gpu = pick_gpu(opts, local);
   std::string id;
+  // Rank 0 removes the file when it leaves, failing or not, so no later job finds it:
+  // once its communicator is up, every rank has read the id; if the init failed, the id
+  // is of no use to anyone.
+  struct RemoveOnExit {
+    const std::string* path = nullptr;
+    ~RemoveOnExit() {
+      if (path) std::remove(path->c_str());
+    }
+  } remove_file;
   if (rank == 0) {
     id = detail::nccl_unique_id();
     publish(path, id, world);
+    remove_file.path = &path;  // only once the file there is ours
   } else {
     using Clock = std::chrono::steady_clock;
     const auto deadline =
         Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout));
-    while (!try_read(path, world, &id)) {
+    while (!try_read(path, world, timeout, &id)) {
       BB_CHECK(Clock::now() < deadline, Error,
                "init_env: rank {} of {} waited {:g} s for rank 0 to write the rendezvous file {} (with tag "
-               "'{}'); is "
+               "'{}', world size {}, and written no more than {:g} s before this process started); is "
                "rank 0 running, and is the path on a shared file system?",
-               rank, world, timeout, path, run_tag());
+               rank, world, timeout, path, run_tag(), world, timeout + kClockSlackS);
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }
-  auto pg = detail::make_nccl_group(id, rank, world, gpu, timeout);
-  // Every rank has read the id once the communicator exists: the file can go.
-  if (rank == 0) std::remove(path.c_str());
-  return pg;
+  return detail::make_nccl_group(id, rank, world, gpu, timeout);
 }
 
 std::vector<ProcessGroupPtr> init_threads(std::vector<int> gpus, const InitOptions& opts) {

@@ -49,15 +49,21 @@ struct CommState {
   void abort(const std::string& reason) {
     std::lock_guard<std::mutex> l(mu);
     if (!comm) return;
+    why = reason;  // before `broken`, which readers check first
     broken = true;
-    why = reason;
     ncclCommAbort(comm);
     comm = nullptr;
   }
-  // ncclSuccess, or the error / in-progress state.
+  // Why the communicator was aborted (a copy: `why` is written under the mutex).
+  std::string reason() {
+    std::lock_guard<std::mutex> l(mu);
+    return why;
+  }
+  // ncclSuccess, or the error / in-progress state. A communicator that is gone without
+  // being broken was finalized and destroyed cleanly: nothing of it is pending.
   ncclResult_t async_state() {
     std::lock_guard<std::mutex> l(mu);
-    if (!comm) return ncclInvalidUsage;
+    if (!comm) return broken ? ncclInvalidUsage : ncclSuccess;
     ncclResult_t st = ncclSuccess;
     ncclResult_t rc = ncclCommGetAsyncError(comm, &st);
     return rc != ncclSuccess ? rc : st;
@@ -81,18 +87,41 @@ struct CommState {
   }
 };
 
-// Every live communicator of this process, for abort_job.
-std::mutex g_registry_mu;
-std::set<std::shared_ptr<CommState>> g_registry;
+// Every live communicator of this process, for abort_job. Leaked on purpose: a group
+// held in a user's global may be destroyed after this file's statics are.
+struct Registry {
+  std::mutex mu;
+  std::set<std::shared_ptr<CommState>> comms;
+};
+Registry& registry() {
+  static Registry& r = *new Registry;
+  return r;
+}
 
 void register_comm(const std::shared_ptr<CommState>& s) {
-  std::lock_guard<std::mutex> l(g_registry_mu);
-  g_registry.insert(s);
+  std::lock_guard<std::mutex> l(registry().mu);
+  registry().comms.insert(s);
 }
 void unregister_comm(const std::shared_ptr<CommState>& s) {
-  std::lock_guard<std::mutex> l(g_registry_mu);
-  g_registry.erase(s);
+  std::lock_guard<std::mutex> l(registry().mu);
+  registry().comms.erase(s);
 }
+
+// Makes `device` current and restores the caller's device when it goes out of scope.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : prev_(cuda::current_device()) { cuda::set_device(device); }
+  ~DeviceGuard() {
+    try {
+      cuda::set_device(prev_);
+    } catch (...) {}
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_;
+};
 
 ncclDataType_t nccl_type(DType d) {
   switch (d) {
@@ -137,9 +166,13 @@ class NcclWork : public Work {
     end_->record(comm_stream);
     recorded_ = true;
   }
+  bool recorded() const { return recorded_; }
 
   bool is_completed() override {
     if (done_) return true;
+    // Checked first: once aborted, the async state only says "invalid usage", and the end
+    // event may have fired because the aborted kernels stopped early.
+    if (s_->broken) throw NcclError(fmt::format("{}: the communicator was aborted: {}", what_, s_->reason()));
     ncclResult_t st = s_->async_state();
     if (st != ncclSuccess && st != ncclInProgress)
       s_->fail(what_, fmt::format("NCCL error: {} ({})", ncclGetErrorString(st), ncclGetLastError(nullptr)));
@@ -157,7 +190,7 @@ class NcclWork : public Work {
     end_->wait(cuda::current_stream(s_->device));
     auto deadline = deadline_after(timeout_s_);
     while (!is_completed()) {
-      if (s_->broken) throw NcclError(fmt::format("{}: the communicator was aborted: {}", what_, s_->why));
+      if (s_->broken) throw NcclError(fmt::format("{}: the communicator was aborted: {}", what_, s_->reason()));
       if (Clock::now() > deadline) s_->fail(what_, timeout_message(what_, timeout_s_, s_->rank, s_->size));
       std::this_thread::sleep_for(std::chrono::microseconds(10));
     }
@@ -177,28 +210,48 @@ class ProcessGroupNCCL : public ProcessGroup {
       : ProcessGroup(s->rank, s->size), s_(std::move(s)), keepalive_(std::move(keepalive)) {
     set_timeout(timeout_s);
     cuda::set_device(s_->device);
-    comm_stream_ = cuda::Stream::create(s_->device);
+    // High priority (clamped by CUDA to the device's range), so communication is not
+    // starved by the compute kernels it overlaps with.
+    comm_stream_ = cuda::Stream::create(s_->device, -1);
     register_comm(s_);
   }
   ~ProcessGroupNCCL() override {
     unregister_comm(s_);
-    std::lock_guard<std::mutex> l(s_->mu);
-    if (s_->comm) {
-      // Finalize flushes pending work; a broken or stuck peer would make it wait forever,
-      // so a communicator that failed is aborted instead (in abort()).
-      ncclCommFinalize(s_->comm);
+    try {
+      // NCCL's finalize / destroy / abort expect the communicator's device to be current.
+      std::unique_ptr<DeviceGuard> dg;
+      try {
+        dg = std::make_unique<DeviceGuard>(s_->device);
+      } catch (...) {}
+      {
+        std::lock_guard<std::mutex> l(s_->mu);
+        if (!s_->comm) return;
+        // Finalize flushes pending work; a broken or stuck peer would make it wait forever,
+        // so a communicator that failed is aborted instead (in abort()).
+        ncclCommFinalize(s_->comm);
+      }
+      // The wait polls with the mutex taken per query only, so an abort from another
+      // thread (abort_job, a work's timeout) is not held up for the whole wait.
       ncclResult_t st = ncclInProgress;
       auto deadline = deadline_after(timeout_s_);
-      while (st == ncclInProgress && Clock::now() < deadline) {
-        ncclCommGetAsyncError(s_->comm, &st);
-        if (st == ncclInProgress) std::this_thread::sleep_for(std::chrono::microseconds(100));
+      for (;;) {
+        {
+          std::lock_guard<std::mutex> l(s_->mu);
+          if (!s_->comm) return;  // aborted meanwhile
+          if (ncclCommGetAsyncError(s_->comm, &st) != ncclSuccess) st = ncclInternalError;
+        }
+        if (st != ncclInProgress || Clock::now() >= deadline) break;
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
       }
-      if (st == ncclSuccess)
-        ncclCommDestroy(s_->comm);
-      else
-        ncclCommAbort(s_->comm);
-      s_->comm = nullptr;
-    }
+      if (st == ncclSuccess) {
+        std::lock_guard<std::mutex> l(s_->mu);
+        if (s_->comm) ncclCommDestroy(s_->comm);
+        s_->comm = nullptr;
+      } else {
+        s_->abort(st == ncclInProgress ? "finalize timed out when the process group was destroyed"
+                                       : "finalize failed when the process group was destroyed");
+      }
+    } catch (...) {}  // a destructor does not throw
   }
   Backend backend() const override { return Backend::NCCL; }
   Device device() const override { return Device::cuda(s_->device); }
@@ -206,13 +259,14 @@ class ProcessGroupNCCL : public ProcessGroup {
   CommState& state() { return *s_; }
 
   std::shared_ptr<ProcessGroup> split(int color) override {
-    BB_CHECK(!broken(), NcclError, "split: the NCCL process group is broken: {}", s_->why);
+    BB_CHECK(!broken(), NcclError, "split: the NCCL process group is broken: {}", s_->reason());
     cuda::set_device(s_->device);
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     ncclComm_t nc = nullptr;
     {
       std::lock_guard<std::mutex> l(s_->mu);
+      BB_CHECK(s_->comm, NcclError, "split: the communicator was aborted: {}", s_->why);
       BB_NCCL_CHECK(ncclCommSplit(s_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, rank_, &nc, &config));
     }
     s_->settle("split", timeout_s_);
@@ -227,11 +281,27 @@ class ProcessGroupNCCL : public ProcessGroup {
   }
 
  protected:
-  // Runs `enqueue` on the comm stream after the work queued so far on the caller's stream,
-  // inside one NCCL group, and records the work's end event.
-  // `enqueue` adds any staging tensor it makes to `keep`, which lives as long as the work.
+  // Runs one collective on the comm stream, after the work queued so far on the caller's
+  // stream, and records the work's end event:
+  //   stage(keep)          makes staging tensors (on the comm stream) and adds them to
+  //                        `keep`, which lives as long as the work; may be empty.
+  //   issue(comm, stream)  makes the one NCCL call. It runs with the communicator's mutex
+  //                        held, so an abort from another thread cannot free the handle
+  //                        under it (short: the communicator is non-blocking). Everything
+  //                        that can throw before the call (the dtype, ...) is computed by
+  //                        the caller first. No ncclGroupStart/End: for one collective a
+  //                        group adds nothing, and an exception inside one would leave
+  //                        this thread's NCCL group depth raised.
+  //   after()              queues work on the comm stream after the collective (a copy
+  //                        out of a staging buffer); may be empty. It runs only once
+  //                        settle() has seen the communicator leave ncclInProgress: with a
+  //                        non-blocking communicator the call may return before the
+  //                        collective is queued, and NCCL forbids queueing other work on
+  //                        that stream until then.
   WorkPtr launch(const std::string& what, std::vector<Tensor> keep,
-                 const std::function<void(cudaStream_t, std::vector<Tensor>&)>& enqueue) {
+                 const std::function<void(std::vector<Tensor>&)>& stage,
+                 const std::function<void(ncclComm_t, cudaStream_t)>& issue,
+                 const std::function<void()>& after = nullptr) {
     cuda::set_device(s_->device);
     auto w = std::make_shared<NcclWork>(s_, fmt::format("{} ({} ranks)", what, size_), timeout_s_);
     w->keep = std::move(keep);
@@ -239,44 +309,50 @@ class ProcessGroupNCCL : public ProcessGroup {
     ready.record(cuda::current_stream(s_->device));
     ready.wait(comm_stream_);
     {
-      // Staging copies made inside `enqueue` go to the comm stream too.
+      // Staging copies go to the comm stream too.
       cuda::StreamGuard guard(comm_stream_);
       NoGradGuard ng;
       auto stream = static_cast<cudaStream_t>(comm_stream_.handle());
-      {
-        std::lock_guard<std::mutex> l(s_->mu);
-        BB_CHECK(s_->comm, NcclError, "{}: the communicator was aborted: {}", what, s_->why);
+      try {
+        if (stage) stage(w->keep);
+        {
+          std::lock_guard<std::mutex> l(s_->mu);
+          BB_CHECK(s_->comm, NcclError, "{}: the communicator was aborted: {}", what, s_->why);
+          issue(s_->comm, stream);
+        }
+        s_->settle(what, timeout_s_);
+        if (after) after();
+        w->record_end(comm_stream_);
+      } catch (...) {
+        // Record the end anyway, so the work's destructor makes the caller's stream wait
+        // for whatever was queued on the comm stream (staging copies, an aborted
+        // collective) before the staging tensors are freed there.
+        if (!w->recorded()) {
+          try {
+            w->record_end(comm_stream_);
+          } catch (...) {}
+        }
+        throw;
       }
-      enqueue(stream, w->keep);
-      s_->settle(what, timeout_s_);
-      w->record_end(comm_stream_);
     }
     return w;
   }
-  ncclComm_t comm() {
-    std::lock_guard<std::mutex> l(s_->mu);
-    BB_CHECK(s_->comm, NcclError, "nccl: the communicator was aborted: {}", s_->why);
-    return s_->comm;
-  }
 
   WorkPtr do_all_reduce(const Tensor& t, ReduceOp op) override {
+    const ncclDataType_t dt = nccl_type(t.dtype());
     return launch(fmt::format("all_reduce {} of {} {}", reduce_op_name(op), dtype_name(t.dtype()),
                               shape_str(t.shape())),
-                  {t}, [&](cudaStream_t st, std::vector<Tensor>&) {
-                    BB_NCCL_CHECK(ncclGroupStart());
-                    BB_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()),
-                                                nccl_type(t.dtype()), nccl_op(op), comm(), st));
-                    BB_NCCL_CHECK(ncclGroupEnd());
+                  {t}, nullptr, [&](ncclComm_t comm, cudaStream_t st) {
+                    BB_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), dt,
+                                                nccl_op(op), comm, st));
                   });
   }
 
   WorkPtr do_broadcast(const Tensor& t, int root) override {
     return launch(
         fmt::format("broadcast from rank {} of {} {}", root, dtype_name(t.dtype()), shape_str(t.shape())),
-        {t}, [&](cudaStream_t st, std::vector<Tensor>&) {
-          BB_NCCL_CHECK(ncclGroupStart());
-          BB_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm(), st));
-          BB_NCCL_CHECK(ncclGroupEnd());
+        {t}, nullptr, [&](ncclComm_t comm, cudaStream_t st) {
+          BB_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm, st));
         });
   }
 
@@ -284,35 +360,46 @@ class ProcessGroupNCCL : public ProcessGroup {
   // buffer of size * c elements (so the shard's tail beyond what this rank owns is zero).
   WorkPtr do_reduce_scatter(const Tensor& out, const Tensor& in, ReduceOp op) override {
     const int64_t n = in.numel(), c = out.numel();
-    return launch(fmt::format("reduce_scatter {} of {} {} into {}", reduce_op_name(op),
-                              dtype_name(in.dtype()), shape_str(in.shape()), shape_str(out.shape())),
-                  {in, out}, [&, n, c](cudaStream_t st, std::vector<Tensor>& keep) {
-                    Tensor src = in;
-                    if (n != c * size_) {
-                      src = zeros({c * size_}, {in.dtype(), device()});
-                      if (n > 0) src.narrow(0, 0, n).copy_(in.view({n}));
-                    }
-                    BB_NCCL_CHECK(ncclGroupStart());
-                    BB_NCCL_CHECK(ncclReduceScatter(src.data_ptr(), out.data_ptr(), static_cast<size_t>(c),
-                                                    nccl_type(in.dtype()), nccl_op(op), comm(), st));
-                    BB_NCCL_CHECK(ncclGroupEnd());
-                    keep.push_back(src);  // freed after the work, in stream order
-                  });
+    const ncclDataType_t dt = nccl_type(in.dtype());
+    Tensor src = in;
+    return launch(
+        fmt::format("reduce_scatter {} of {} {} into {}", reduce_op_name(op), dtype_name(in.dtype()),
+                    shape_str(in.shape()), shape_str(out.shape())),
+        {in, out},
+        [&](std::vector<Tensor>& keep) {
+          if (n == c * size_) return;
+          src = zeros({c * size_}, {in.dtype(), device()});
+          keep.push_back(src);  // freed after the work, in stream order
+          if (n > 0) src.narrow(0, 0, n).copy_(in.view({n}));
+        },
+        [&](ncclComm_t comm, cudaStream_t st) {
+          BB_NCCL_CHECK(ncclReduceScatter(src.data_ptr(), out.data_ptr(), static_cast<size_t>(c), dt,
+                                          nccl_op(op), comm, st));
+        });
   }
 
+  // An uneven output is gathered into a buffer of size * c elements, then its first n are
+  // copied out (in `after`, once NCCL has queued the gather).
   WorkPtr do_all_gather(const Tensor& out, const Tensor& in) override {
     const int64_t n = out.numel(), c = in.numel();
-    return launch(fmt::format("all_gather of {} {} into {}", dtype_name(in.dtype()), shape_str(in.shape()),
-                              shape_str(out.shape())),
-                  {in, out}, [&, n, c](cudaStream_t st, std::vector<Tensor>& keep) {
-                    Tensor dst = n == c * size_ ? out : empty({c * size_}, {in.dtype(), device()});
-                    keep.push_back(dst);
-                    BB_NCCL_CHECK(ncclGroupStart());
-                    BB_NCCL_CHECK(ncclAllGather(in.data_ptr(), dst.data_ptr(), static_cast<size_t>(c),
-                                                nccl_type(in.dtype()), comm(), st));
-                    BB_NCCL_CHECK(ncclGroupEnd());
-                    if (!dst.same(out) && n > 0) Tensor(out).view({n}).copy_(dst.narrow(0, 0, n));
-                  });
+    const ncclDataType_t dt = nccl_type(in.dtype());
+    const bool padded = n != c * size_;
+    Tensor dst = out;
+    return launch(
+        fmt::format("all_gather of {} {} into {}", dtype_name(in.dtype()), shape_str(in.shape()),
+                    shape_str(out.shape())),
+        {in, out},
+        [&](std::vector<Tensor>& keep) {
+          if (!padded) return;
+          dst = empty({c * size_}, {in.dtype(), device()});
+          keep.push_back(dst);
+        },
+        [&](ncclComm_t comm, cudaStream_t st) {
+          BB_NCCL_CHECK(ncclAllGather(in.data_ptr(), dst.data_ptr(), static_cast<size_t>(c), dt, comm, st));
+        },
+        [&] {
+          if (padded && n > 0) Tensor(out).view({n}).copy_(dst.narrow(0, 0, n));
+        });
   }
 
   void do_barrier() override {
@@ -367,27 +454,80 @@ ProcessGroupPtr make_nccl_group(const std::string& unique_id, int rank, int size
                                             std::move(keepalive));
 }
 
+// One thread per GPU: one unique id, every rank initialized from this thread inside one
+// NCCL group (NCCL needs that to init several ranks from one thread), on non-blocking
+// communicators so the init is polled against the timeout like make_nccl_group's. On any
+// failure every communicator made so far is aborted.
 std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, double timeout_s) {
   const int n = static_cast<int>(gpus.size());
-  for (int g : gpus)
+  std::set<int> seen;
+  for (int g : gpus) {
     BB_CHECK(g >= 0 && g < cuda::device_count(), DeviceError,
              "init_threads: cuda:{} requested but {} GPU(s) are visible", g, cuda::device_count());
+    BB_CHECK(seen.insert(g).second, ValueError,
+             "init_threads: cuda:{} is listed twice; each rank (thread) needs a GPU of its own", g);
+  }
+  ncclUniqueId id;
+  BB_NCCL_CHECK(ncclGetUniqueId(&id));
+  DeviceGuard restore(cuda::current_device());  // the loop below moves through the GPUs
   std::vector<ncclComm_t> comms(gpus.size(), nullptr);
-  // ncclCommInitAll is blocking and initializes every communicator from this one thread.
-  BB_NCCL_CHECK(ncclCommInitAll(comms.data(), n, gpus.data()));
+  std::vector<std::shared_ptr<CommState>> states;
   std::vector<ProcessGroupPtr> out;
-  for (int i = 0; i < n; ++i)
-    out.push_back(std::make_shared<ProcessGroupNCCL>(
-        finish_init(comms[static_cast<size_t>(i)], gpus[static_cast<size_t>(i)], i, n, timeout_s),
-        timeout_s));
+  try {
+    BB_NCCL_CHECK(ncclGroupStart());
+    ncclResult_t rc = ncclSuccess;
+    {
+      // Closes the group on every path (an exception below must not leave this thread's
+      // NCCL group depth raised).
+      struct GroupEnd {
+        ncclResult_t* rc;
+        ~GroupEnd() {
+          ncclResult_t e = ncclGroupEnd();
+          if (*rc == ncclSuccess || *rc == ncclInProgress) *rc = e;
+        }
+      } end{&rc};
+      for (int i = 0; i < n; ++i) {
+        cuda::set_device(gpus[static_cast<size_t>(i)]);
+        ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+        config.blocking = 0;
+        rc = ncclCommInitRankConfig(&comms[static_cast<size_t>(i)], n, id, i, &config);
+        if (rc != ncclSuccess && rc != ncclInProgress) break;
+      }
+    }
+    // The first failure, or ncclGroupEnd's result (ncclInProgress: still initializing).
+    if (rc != ncclSuccess && rc != ncclInProgress)
+      throw NcclError(fmt::format("init_threads: NCCL communicator init over {} GPU(s) failed: {} ({})", n,
+                                  ncclGetErrorString(rc), ncclGetLastError(nullptr)));
+    for (int i = 0; i < n; ++i) {
+      auto s = std::make_shared<CommState>();
+      s->comm = comms[static_cast<size_t>(i)];
+      s->device = gpus[static_cast<size_t>(i)];
+      s->rank = i;
+      s->size = n;
+      states.push_back(s);
+      comms[static_cast<size_t>(i)] = nullptr;  // owned by the state now
+    }
+    for (auto& s : states)
+      s->settle(fmt::format("NCCL communicator init (rank {} of {} on cuda:{}, init_threads)", s->rank, n,
+                            s->device),
+                timeout_s);
+    for (auto& s : states) out.push_back(std::make_shared<ProcessGroupNCCL>(s, timeout_s));
+  } catch (...) {
+    // Aborted before the groups go, so no group waits in finalize for a peer that failed.
+    for (ncclComm_t c : comms)
+      if (c) ncclCommAbort(c);
+    for (auto& s : states) s->abort("init_threads failed");
+    out.clear();
+    throw;
+  }
   return out;
 }
 
 int nccl_abort_all() {
   std::vector<std::shared_ptr<CommState>> all;
   {
-    std::lock_guard<std::mutex> l(g_registry_mu);
-    all.assign(g_registry.begin(), g_registry.end());
+    std::lock_guard<std::mutex> l(registry().mu);
+    all.assign(registry().comms.begin(), registry().comms.end());
   }
   for (auto& s : all) s->abort("aborted by abort_job");
   return static_cast<int>(all.size());

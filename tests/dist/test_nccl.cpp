@@ -8,6 +8,8 @@
 // Each checks every collective against values computed on the CPU. With a second argument
 // "ddp", "one" and "mpi" instead check DataParallel against a full-batch CPU reference
 // (exit 77 when the CUDA backend does not run the GPT's ops yet).
+#include <unistd.h>
+
 #include <cstdlib>
 #include <mutex>
 
@@ -143,6 +145,27 @@ int mpi_rank_from_env() {
   return v ? std::atoi(v) : 0;
 }
 
+// setenv(to, $from, 1); false (with a message) when $from is not set.
+bool copy_env(const char* to, const char* from) {
+  const char* v = std::getenv(from);
+  if (!v) {
+    std::printf("FAILED: mode env runs under Open MPI's mpirun, but %s is not set\n", from);
+    return false;
+  }
+  setenv(to, v, 1);
+  return true;
+}
+
+// The same on every rank of this mpirun job and different for the next one, so a
+// rendezvous file left by an earlier run is never taken for this run's: the launcher's
+// job id, else the parent's pid (the launcher's daemon, shared by the ranks on this node;
+// no clock in it, which ranks could read on either side of a tick).
+std::string run_id() {
+  for (const char* name : {"PMIX_NAMESPACE", "OMPI_MCA_orte_ess_jobid", "OMPI_MCA_ess_base_jobid"})
+    if (const char* v = std::getenv(name); v && *v) return v;
+  return fmt::format("ppid{}", static_cast<long>(::getppid()));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -169,11 +192,11 @@ int main(int argc, char** argv) {
     o.gpu = r % bb::cuda::device_count();
   }
   if (mode == "env") {
-    setenv("RANK", std::getenv("OMPI_COMM_WORLD_RANK"), 1);
-    setenv("WORLD_SIZE", std::getenv("OMPI_COMM_WORLD_SIZE"), 1);
-    setenv("LOCAL_RANK", std::getenv("OMPI_COMM_WORLD_LOCAL_RANK"), 1);
+    if (!copy_env("RANK", "OMPI_COMM_WORLD_RANK") || !copy_env("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE") ||
+        !copy_env("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"))
+      return 1;
     o.rendezvous_file = std::string(BARBELL_TEST_TMPDIR) + "/nccl_rendezvous";
-    setenv("BARBELL_RUN_ID", std::getenv("OMPI_COMM_WORLD_SIZE"), 0);  // the same tag on every rank
+    setenv("BARBELL_RUN_ID", run_id().c_str(), 0);  // the same tag on every rank, new for each run
   }
   if (mode == "threads") {
     auto groups = dist::init_threads({}, o);

@@ -34,14 +34,16 @@ ProcessGroupPtr init_mpi(const InitOptions& opts = {});
 // WORLD_SIZE and LOCAL_RANK from the environment, NCCL only. Rank 0 writes the NCCL unique
 // id to the rendezvous file (a temp file renamed into place, so readers never see half of
 // it); the other ranks poll for it until the timeout. The file must be on a file system
-// every rank sees, and new for each job: it records $BARBELL_RUN_ID (or $SLURM_JOB_ID) and
-// the world size, and readers ignore a file whose tag or size differs. Rank 0 deletes it
-// once the communicator is up.
+// every rank sees, and new for each job: it records $BARBELL_RUN_ID (or $SLURM_JOB_ID,
+// with $SLURM_STEP_ID when set) and the world size, and readers ignore a file whose tag or
+// size differs, or that is older than this process's start minus the timeout (a leftover
+// of an earlier job). Rank 0 deletes it once the communicator is up, or when init fails.
 ProcessGroupPtr init_env(const InitOptions& opts = {});
 
 // One process driving several GPUs, one thread each: NCCL communicators for `gpus` (all
-// visible GPUs when empty) by ncclCommInitAll; groups[i] is rank i on gpus[i]. Each group
-// must be used only from its own thread; run_threads does that.
+// visible GPUs when empty; a GPU listed twice is a ValueError), non-blocking and built in
+// one NCCL group so the timeout applies; groups[i] is rank i on gpus[i]. Each group must
+// be used only from its own thread; run_threads does that.
 std::vector<ProcessGroupPtr> init_threads(std::vector<int> gpus = {}, const InitOptions& opts = {});
 // Runs fn(group) on one thread per group, with the group's GPU current. If one thread
 // throws, every group's communicator is aborted so the other threads fail instead of
