@@ -496,33 +496,10 @@ typename FillF<T>::Stored fill_value(double v) {
   else return static_cast<T>(v);
 }
 
-template <UnaryOp OP>
-using UnaryTag = std::integral_constant<UnaryOp, OP>;
+using cpu::UnaryTag;
+using cpu::with_unary_op;
 template <BinaryOp OP>
 using BinaryTag = std::integral_constant<BinaryOp, OP>;
-
-template <typename F>
-void with_unary_op(UnaryOp op, F&& f) {
-  switch (op) {
-    case UnaryOp::Neg: return f(UnaryTag<UnaryOp::Neg>{});
-    case UnaryOp::Exp: return f(UnaryTag<UnaryOp::Exp>{});
-    case UnaryOp::Log: return f(UnaryTag<UnaryOp::Log>{});
-    case UnaryOp::Sqrt: return f(UnaryTag<UnaryOp::Sqrt>{});
-    case UnaryOp::Rsqrt: return f(UnaryTag<UnaryOp::Rsqrt>{});
-    case UnaryOp::Tanh: return f(UnaryTag<UnaryOp::Tanh>{});
-    case UnaryOp::Relu: return f(UnaryTag<UnaryOp::Relu>{});
-    case UnaryOp::Silu: return f(UnaryTag<UnaryOp::Silu>{});
-    case UnaryOp::GeluTanh: return f(UnaryTag<UnaryOp::GeluTanh>{});
-    case UnaryOp::GeluErf: return f(UnaryTag<UnaryOp::GeluErf>{});
-    case UnaryOp::Abs: return f(UnaryTag<UnaryOp::Abs>{});
-    case UnaryOp::AddScalar: return f(UnaryTag<UnaryOp::AddScalar>{});
-    case UnaryOp::MulScalar: return f(UnaryTag<UnaryOp::MulScalar>{});
-    case UnaryOp::PowScalar: return f(UnaryTag<UnaryOp::PowScalar>{});
-    case UnaryOp::RSubScalar: return f(UnaryTag<UnaryOp::RSubScalar>{});
-    case UnaryOp::RDivScalar: return f(UnaryTag<UnaryOp::RDivScalar>{});
-  }
-  throw ValueError(fmt::format("unary op: unknown op {}", static_cast<int>(op)));
-}
 
 const char* binary_name(BinaryOp op) {
   switch (op) {

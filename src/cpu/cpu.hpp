@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "barbell/core/tensor.hpp"
 #include "barbell/ops/ops.hpp"
@@ -19,6 +20,32 @@ enum class BinaryOp { Add, Sub, Mul, Div, Pow, Max, Eq };
 void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, double alpha = 1.0);
 enum class UnaryOp { Neg, Exp, Log, Sqrt, Rsqrt, Tanh, Relu, Silu, GeluTanh, GeluErf, Abs, AddScalar, MulScalar,
                      PowScalar, RSubScalar, RDivScalar };
+// Calls f with the op as a compile-time constant, so each loop (CPU) or kernel (GPU) is
+// specialised for its op instead of switching per element.
+template <UnaryOp OP>
+using UnaryTag = std::integral_constant<UnaryOp, OP>;
+template <typename F>
+void with_unary_op(UnaryOp op, F&& f) {
+  switch (op) {
+    case UnaryOp::Neg: return f(UnaryTag<UnaryOp::Neg>{});
+    case UnaryOp::Exp: return f(UnaryTag<UnaryOp::Exp>{});
+    case UnaryOp::Log: return f(UnaryTag<UnaryOp::Log>{});
+    case UnaryOp::Sqrt: return f(UnaryTag<UnaryOp::Sqrt>{});
+    case UnaryOp::Rsqrt: return f(UnaryTag<UnaryOp::Rsqrt>{});
+    case UnaryOp::Tanh: return f(UnaryTag<UnaryOp::Tanh>{});
+    case UnaryOp::Relu: return f(UnaryTag<UnaryOp::Relu>{});
+    case UnaryOp::Silu: return f(UnaryTag<UnaryOp::Silu>{});
+    case UnaryOp::GeluTanh: return f(UnaryTag<UnaryOp::GeluTanh>{});
+    case UnaryOp::GeluErf: return f(UnaryTag<UnaryOp::GeluErf>{});
+    case UnaryOp::Abs: return f(UnaryTag<UnaryOp::Abs>{});
+    case UnaryOp::AddScalar: return f(UnaryTag<UnaryOp::AddScalar>{});
+    case UnaryOp::MulScalar: return f(UnaryTag<UnaryOp::MulScalar>{});
+    case UnaryOp::PowScalar: return f(UnaryTag<UnaryOp::PowScalar>{});
+    case UnaryOp::RSubScalar: return f(UnaryTag<UnaryOp::RSubScalar>{});
+    case UnaryOp::RDivScalar: return f(UnaryTag<UnaryOp::RDivScalar>{});
+  }
+  throw ValueError(fmt::format("unary op: unknown op {}", static_cast<int>(op)));
+}
 void unary(UnaryOp op, const Tensor& out, const Tensor& x, double scalar = 0.0);
 // Backward of the unary activations: out = dy * f'(x).
 void unary_backward(UnaryOp op, const Tensor& dx, const Tensor& dy, const Tensor& x);

@@ -137,32 +137,6 @@ inline A apply_binary(BinaryOp op, A a, A b) {
   return a;
 }
 
-// Calls f with the op as a compile-time constant, so each loop is specialised (and
-// vectorised) for its op instead of switching per element.
-template <UnaryOp OP>
-using UnaryTag = std::integral_constant<UnaryOp, OP>;
-template <typename F>
-void with_unary_op(UnaryOp op, F&& f) {
-  switch (op) {
-    case UnaryOp::Neg: return f(UnaryTag<UnaryOp::Neg>{});
-    case UnaryOp::Exp: return f(UnaryTag<UnaryOp::Exp>{});
-    case UnaryOp::Log: return f(UnaryTag<UnaryOp::Log>{});
-    case UnaryOp::Sqrt: return f(UnaryTag<UnaryOp::Sqrt>{});
-    case UnaryOp::Rsqrt: return f(UnaryTag<UnaryOp::Rsqrt>{});
-    case UnaryOp::Tanh: return f(UnaryTag<UnaryOp::Tanh>{});
-    case UnaryOp::Relu: return f(UnaryTag<UnaryOp::Relu>{});
-    case UnaryOp::Silu: return f(UnaryTag<UnaryOp::Silu>{});
-    case UnaryOp::GeluTanh: return f(UnaryTag<UnaryOp::GeluTanh>{});
-    case UnaryOp::GeluErf: return f(UnaryTag<UnaryOp::GeluErf>{});
-    case UnaryOp::Abs: return f(UnaryTag<UnaryOp::Abs>{});
-    case UnaryOp::AddScalar: return f(UnaryTag<UnaryOp::AddScalar>{});
-    case UnaryOp::MulScalar: return f(UnaryTag<UnaryOp::MulScalar>{});
-    case UnaryOp::PowScalar: return f(UnaryTag<UnaryOp::PowScalar>{});
-    case UnaryOp::RSubScalar: return f(UnaryTag<UnaryOp::RSubScalar>{});
-    case UnaryOp::RDivScalar: return f(UnaryTag<UnaryOp::RDivScalar>{});
-  }
-}
-
 // The activations that have a backward kernel.
 template <typename F>
 void with_activation(UnaryOp op, F&& f) {
