@@ -18,13 +18,18 @@ namespace {
 
 constexpr int kMaxDevices = 64;
 
+// Asked once: the set of visible devices is fixed when CUDA initialises, and every
+// launch checks its device against it.
 int visible_devices() {
-  int n = 0;
-  // No driver or no GPU is not an error here: it means zero devices.
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
+  static const int n = [] {
+    int c = 0;
+    // No driver or no GPU is not an error here: it means zero devices.
+    if (cudaGetDeviceCount(&c) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return c;
+  }();
   return n;
 }
 
