@@ -37,7 +37,7 @@ Clock::time_point deadline_after(double s) {
                                              __FILE__, __LINE__));                                       \
   } while (0)
 
-// A communicator and what its works share. abort() may come from another thread
+// A communicator and what its works share. abort_comm() may come from another thread
 // (run_threads, abort_job), so the handle is guarded.
 struct CommState {
   ncclComm_t comm = nullptr;
@@ -46,7 +46,7 @@ struct CommState {
   std::mutex mu;
   std::string why;
 
-  void abort(const std::string& reason) {
+  void abort_comm(const std::string& reason) {
     std::lock_guard<std::mutex> l(mu);
     if (!comm) return;
     why = reason;  // before `broken`, which readers check first
@@ -82,7 +82,7 @@ struct CommState {
     }
   }
   [[noreturn]] void fail(const std::string& what, const std::string& msg) {
-    abort(msg);
+    abort_comm(msg);
     throw NcclError(fmt::format("{}: {} (communicator aborted)", what, msg));
   }
 };
@@ -227,7 +227,7 @@ class ProcessGroupNCCL : public ProcessGroup {
         std::lock_guard<std::mutex> l(s_->mu);
         if (!s_->comm) return;
         // Finalize flushes pending work; a broken or stuck peer would make it wait forever,
-        // so a communicator that failed is aborted instead (in abort()).
+        // so a communicator that failed is aborted instead (in abort_comm()).
         ncclCommFinalize(s_->comm);
       }
       // The wait polls with the mutex taken per query only, so an abort from another
@@ -248,7 +248,7 @@ class ProcessGroupNCCL : public ProcessGroup {
         if (s_->comm) ncclCommDestroy(s_->comm);
         s_->comm = nullptr;
       } else {
-        s_->abort(st == ncclInProgress ? "finalize timed out when the process group was destroyed"
+        s_->abort_comm(st == ncclInProgress ? "finalize timed out when the process group was destroyed"
                                        : "finalize failed when the process group was destroyed");
       }
     } catch (...) {}  // a destructor does not throw
@@ -516,7 +516,7 @@ std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, doub
     // Aborted before the groups go, so no group waits in finalize for a peer that failed.
     for (ncclComm_t c : comms)
       if (c) ncclCommAbort(c);
-    for (auto& s : states) s->abort("init_threads failed");
+    for (auto& s : states) s->abort_comm("init_threads failed");
     out.clear();
     throw;
   }
@@ -529,13 +529,13 @@ int nccl_abort_all() {
     std::lock_guard<std::mutex> l(registry().mu);
     all.assign(registry().comms.begin(), registry().comms.end());
   }
-  for (auto& s : all) s->abort("aborted by abort_job");
+  for (auto& s : all) s->abort_comm("aborted by abort_job");
   return static_cast<int>(all.size());
 }
 
 void nccl_abort(ProcessGroup& pg) {
   if (auto* p = dynamic_cast<ProcessGroupNCCL*>(&pg))
-    p->state().abort("aborted because another thread failed");
+    p->state().abort_comm("aborted because another thread failed");
 }
 
 void set_group_device(ProcessGroup& pg) {
