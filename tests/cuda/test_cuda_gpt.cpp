@@ -9,6 +9,8 @@
 //      the f32 weights) through adamw_multi_step_ directly: the losses, loosely; the bf16
 //      params stay the rounding of their masters.
 // Exit 77 without a GPU.
+#include <functional>
+
 #include "cuda_check.hpp"
 
 using namespace ct;
@@ -121,26 +123,36 @@ void forward_and_gradients() {
 constexpr int kSteps = 10;
 constexpr double kLr = 3e-3, kWd = 0.1, kB1 = 0.9, kB2 = 0.95, kEps = 1e-8;
 
-std::vector<double> train_reference(const nn::GPT& base, const std::vector<Batch>& batches) {
-  auto r = copy_of(base, host(), DType::F64);
+bb::optim::AdamWOptions adamw_options() {
   bb::optim::AdamWOptions o;
   o.lr = kLr;
   o.weight_decay = kWd;
   o.beta1 = kB1;
   o.beta2 = kB2;
   o.eps = kEps;
-  bb::optim::AdamW opt(r->named_parameters(), o);
+  return o;
+}
+
+// kSteps training steps of `model` on `dev`: loss, backward, clip, then step(s), s 0-based.
+std::vector<double> train_losses(nn::GPT& model, const std::vector<Batch>& batches, bb::Device dev,
+                                 const std::function<void(int)>& step) {
   std::vector<double> losses;
   for (int s = 0; s < kSteps; ++s) {
     const Batch& b = batches[static_cast<size_t>(s) % batches.size()];
-    opt.zero_grad();
-    Tensor l = r->loss(b.idx, b.targets);
+    model.zero_grad();
+    Tensor l = model.loss(b.idx.to(dev), b.targets.to(dev));
     losses.push_back(l.item());
     l.backward();
-    bb::optim::clip_grad_norm_(r->parameters(), 1.0);
-    opt.step();
+    bb::optim::clip_grad_norm_(model.parameters(), 1.0);
+    step(s);
   }
   return losses;
+}
+
+std::vector<double> train_reference(const nn::GPT& base, const std::vector<Batch>& batches) {
+  auto r = copy_of(base, host(), DType::F64);
+  bb::optim::AdamW opt(r->named_parameters(), adamw_options());
+  return train_losses(*r, batches, host(), [&](int) { opt.step(); });
 }
 
 void report_losses(const std::string& what, const std::vector<double>& got, const std::vector<double>& ref,
@@ -167,45 +179,17 @@ void training() {
   }
   guarded("gpt train f32 optim::AdamW", [&] {
     auto g = copy_of(base, gpu(), DType::F32);
-    bb::optim::AdamWOptions o;
-    o.lr = kLr;
-    o.weight_decay = kWd;
-    o.beta1 = kB1;
-    o.beta2 = kB2;
-    o.eps = kEps;
+    bb::optim::AdamWOptions o = adamw_options();
     bb::optim::AdamW opt(g->named_parameters(), o);
-    std::vector<double> losses;
-    for (int s = 0; s < kSteps; ++s) {
-      const Batch& b = batches[static_cast<size_t>(s) % batches.size()];
-      opt.zero_grad();
-      Tensor l = g->loss(b.idx.to(gpu()), b.targets.to(gpu()));
-      losses.push_back(l.item());
-      l.backward();
-      bb::optim::clip_grad_norm_(g->parameters(), 1.0);
-      opt.step();
-    }
+    auto losses = train_losses(*g, batches, gpu(), [&](int) { opt.step(); });
     report_losses("gpt train f32", losses, ref, 1e-4);
   });
   guarded("gpt train bf16 optim::AdamW (master_weights)", [&] {
     auto g = copy_of(base, gpu(), DType::BF16);
-    bb::optim::AdamWOptions o;
-    o.lr = kLr;
-    o.weight_decay = kWd;
-    o.beta1 = kB1;
-    o.beta2 = kB2;
-    o.eps = kEps;
+    bb::optim::AdamWOptions o = adamw_options();
     o.master_weights = true;  // its masters start from the bf16 weights
     bb::optim::AdamW opt(g->named_parameters(), o);
-    std::vector<double> losses;
-    for (int s = 0; s < kSteps; ++s) {
-      const Batch& b = batches[static_cast<size_t>(s) % batches.size()];
-      opt.zero_grad();
-      Tensor l = g->loss(b.idx.to(gpu()), b.targets.to(gpu()));
-      losses.push_back(l.item());
-      l.backward();
-      bb::optim::clip_grad_norm_(g->parameters(), 1.0);
-      opt.step();
-    }
+    auto losses = train_losses(*g, batches, gpu(), [&](int) { opt.step(); });
     report_losses("gpt train bf16 AdamW(master)", losses, ref, 2e-2);
   });
   guarded("gpt train bf16 + f32 master (adamw_multi_step_)", [&] {
@@ -218,14 +202,7 @@ void training() {
       m.push_back(bb::zeros(params[i].second.shape(), {DType::F32, gpu()}));
       v.push_back(bb::zeros(params[i].second.shape(), {DType::F32, gpu()}));
     }
-    std::vector<double> losses;
-    for (int s = 0; s < kSteps; ++s) {
-      const Batch& b = batches[static_cast<size_t>(s) % batches.size()];
-      g->zero_grad();
-      Tensor l = g->loss(b.idx.to(gpu()), b.targets.to(gpu()));
-      losses.push_back(l.item());
-      l.backward();
-      bb::optim::clip_grad_norm_(g->parameters(), 1.0);
+    auto losses = train_losses(*g, batches, gpu(), [&](int s) {
       std::vector<bb::AdamWTensors> items;
       for (size_t i = 0; i < params.size(); ++i) {
         Tensor p = params[i].second;
@@ -234,7 +211,7 @@ void training() {
         items.push_back({p, p.grad().contiguous(), m[i], v[i], master[i], s + 1, p.dim() >= 2 ? kWd : 0.0});
       }
       bb::adamw_multi_step_(items, kLr, kB1, kB2, kEps);
-    }
+    });
     report_losses("gpt train bf16+master", losses, ref, 2e-2);
     for (size_t i = 0; i < params.size(); ++i)
       check_exact("gpt train bf16+master param == round(master) " + params[i].first, params[i].second,
