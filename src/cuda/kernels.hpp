@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "barbell/core/tensor.hpp"
@@ -116,5 +117,30 @@ void adamw_multi(const std::vector<AdamWItem>& items, double lr, double beta1, d
 // one device), accumulated in fp32 per element and fp64 across blocks, written to
 // out (an F32 scalar on the device) with one launch for the whole list.
 void sum_of_squares(const Tensor& out, const std::vector<Tensor>& xs);
+
+// ---- kernels/flash_attention.cu ----------------------------------------------------
+// barbell's flash attention (q, k, v: [B, H, T, D] views, see ops.hpp). supported()
+// says whether the kernels take these inputs (and why not, into *why).
+bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why);
+// o [B, H, Tq, D] (any strides with unit stride in D), lse F32 [B, H, Tq] contiguous.
+void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                             bool causal, double scale);
+// dq, dk, dv like q, k, v (any strides with unit stride in D), written (not accumulated).
+void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                              const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                              bool causal, double scale, bool deterministic);
+
+// ---- kernels/attention_cudnn.cu -----------------------------------------------------
+// cuDNN's fused SDPA (graph API; libcudnn.so.9 loaded with dlopen at first use).
+// Same arguments and outputs as the flash launchers.
+bool cudnn_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why);
+// Whether the loaded cuDNN can apply barbell's (bottom-right) causal mask to these
+// sequence lengths (Tq < Tk needs cuDNN 9.3, and multiples of 64 before 9.6).
+bool cudnn_attention_causal_supported(const Tensor& q, const Tensor& k, std::string* why);
+void cudnn_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                             bool causal, double scale);
+void cudnn_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                              const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                              bool causal, double scale);
 
 }  // namespace barbell::gpu

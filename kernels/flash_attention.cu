@@ -1,0 +1,205 @@
+// Launchers of barbell's flash-attention kernels (kernels/flash/*.cuh): argument
+// checks, the dtype / head-dim / causal dispatch, workspaces, and the shared-memory
+// opt-in above 48 KB. The kernels are header templates so that the CPU tests can run
+// the same code under the warp emulator (tests/sim).
+#include <array>
+#include <atomic>
+#include <mutex>
+#include <string>
+
+#include "barbell/cuda/cuda.hpp"
+#include "common.cuh"
+#include "cuda/kernels.hpp"
+#include "flash/backward.cuh"
+#include "flash/forward.cuh"
+
+namespace barbell::gpu {
+namespace {
+
+const char* kOp = "scaled_dot_product_attention (flash)";
+
+// Compute capability major * 10 + minor, cached per device.
+int compute_capability(int device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  if (device < 0 || device >= 64) return 0;
+  int cc = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed);
+  if (cc == 0) {
+    auto props = cuda::properties(device);
+    cc = props.major * 10 + props.minor;
+    cache[static_cast<size_t>(device)].store(cc, std::memory_order_relaxed);
+  }
+  return cc;
+}
+
+// [B, H, T, D] with unit stride in D, 16-byte aligned rows (pointer and strides).
+bool layout_ok(const Tensor& t, const char* name, std::string* why) {
+  auto fail = [&](const std::string& m) {
+    if (why) *why = fmt::format("{} {} {}", name, shape_str(t.shape()), m);
+    return false;
+  };
+  if (t.dim() != 4) return fail("is not [B, H, T, D]");
+  if (t.size(3) > 1 && t.stride(3) != 1) return fail("has a non-unit stride in D");
+  for (int d = 0; d < 3; ++d)
+    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return fail("has a stride that is not a multiple of 8 elements");
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return fail("does not start on a 16-byte boundary");
+  return true;
+}
+
+fa::Strides strides_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+void check_launch_dims(const Tensor& q, const Tensor& k) {
+  BB_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535, ShapeError,
+           "{}: at most 65535 batches and heads per launch, got q {}", kOp, shape_str(q.shape()));
+  BB_CHECK(q.size(2) < (int64_t{1} << 30) && k.size(2) < (int64_t{1} << 30), ShapeError,
+           "{}: sequence lengths must be below 2^30: q {}, k {}", kOp, shape_str(q.shape()), shape_str(k.shape()));
+}
+
+template <typename Kernel, typename Params>
+void launch(Kernel kernel, const fa::LaunchShape& s, const Params& p, cudaStream_t stream) {
+  if (s.grid_x == 0 || s.grid_y == 0 || s.grid_z == 0) return;
+  if (s.smem > 48 * 1024)
+    BB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(s.smem)));
+  kernel<<<dim3(s.grid_x, s.grid_y, s.grid_z), s.threads, s.smem, stream>>>(p);
+  BB_CUDA_LAUNCH_CHECK();
+}
+
+// Calls f(Tag<T>{}, int_constant<D>) for the supported dtypes and head dims.
+template <int D>
+using Dim = std::integral_constant<int, D>;
+template <typename F>
+void dispatch(DType dt, int64_t D, F&& f) {
+  auto by_dim = [&](auto tag) {
+    if (D == 64) f(tag, Dim<64>{});
+    else if (D == 128) f(tag, Dim<128>{});
+    else throw ValueError(fmt::format("{}: head dim {} (the kernels take 64 or 128)", kOp, D));
+  };
+  if (dt == DType::BF16) by_dim(Tag<bf16>{});
+  else if (dt == DType::F16) by_dim(Tag<f16>{});
+  else throw DTypeError(fmt::format("{}: dtype {} (the kernels take bf16 or f16)", kOp, dtype_name(dt)));
+}
+
+}  // namespace
+
+bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why) {
+  auto fail = [&](const std::string& m) {
+    if (why) *why = m;
+    return false;
+  };
+  if (!q.is_cuda()) return fail(fmt::format("q is on {}, the kernels run on CUDA devices", q.device().str()));
+  if (q.dtype() != DType::BF16 && q.dtype() != DType::F16)
+    return fail(fmt::format("dtype {} (the kernels take bf16 or f16)", dtype_name(q.dtype())));
+  const int64_t D = q.size(3);
+  if (D != 64 && D != 128) return fail(fmt::format("head dim {} (the kernels take 64 or 128)", D));
+  if (!layout_ok(q, "q", why) || !layout_ok(k, "k", why) || !layout_ok(v, "v", why)) return false;
+  if (q.size(0) > 65535 || q.size(1) > 65535) return fail("more than 65535 batches or heads");
+  if (q.size(2) >= (int64_t{1} << 30) || k.size(2) >= (int64_t{1} << 30)) return fail("a sequence of 2^30 or more");
+  const int cc = compute_capability(q.device().index());
+  if (cc < 80) return fail(fmt::format("compute capability {}.{} (the kernels need 8.0 or later)", cc / 10, cc % 10));
+  return true;
+}
+
+void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                             bool causal, double scale) {
+  std::string why;
+  BB_CHECK(flash_attention_supported(q, k, v, &why), ValueError, "{}: {}", kOp, why);
+  BB_CHECK(layout_ok(o, "out", &why), ValueError, "{}: {}", kOp, why);
+  BB_CHECK(lse.is_contiguous() && lse.dtype() == DType::F32, ValueError, "{}: lse must be contiguous f32, got {} {}",
+           kOp, dtype_name(lse.dtype()), shape_str(lse.shape()));
+  check_launch_dims(q, k);
+  fa::FwdParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.o = o.data_ptr();
+  p.lse = static_cast<float*>(lse.data_ptr());
+  p.sq = strides_of(q);
+  p.sk = strides_of(k);
+  p.sv = strides_of(v);
+  p.so = strides_of(o);
+  p.B = static_cast<int>(q.size(0));
+  p.H = static_cast<int>(q.size(1));
+  p.Tq = static_cast<int>(q.size(2));
+  p.Tk = static_cast<int>(k.size(2));
+  p.scale = static_cast<float>(scale);
+  p.causal = causal;
+  if (p.B == 0 || p.H == 0 || p.Tq == 0) return;
+  cudaStream_t stream = stream_for(q);
+  dispatch(q.dtype(), q.size(3), [&](auto tag, auto dim) {
+    using T = typename decltype(tag)::type;
+    constexpr int D = decltype(dim)::value;
+    const auto shape = fa::fwd_shape<T, D>(p);
+    if (causal) launch(fa::fwd_kernel<T, D, true>, shape, p, stream);
+    else launch(fa::fwd_kernel<T, D, false>, shape, p, stream);
+  });
+}
+
+void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                              const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                              bool causal, double scale, bool deterministic) {
+  std::string why;
+  BB_CHECK(flash_attention_supported(q, k, v, &why), ValueError, "{}: {}", kOp, why);
+  for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}, {&o, "out"}})
+    BB_CHECK(layout_ok(*t, name, &why), ValueError, "{} backward: {}", kOp, why);
+  BB_CHECK(lse.is_contiguous() && lse.dtype() == DType::F32, ValueError,
+           "{} backward: lse must be contiguous f32, got {} {}", kOp, dtype_name(lse.dtype()), shape_str(lse.shape()));
+  check_launch_dims(q, k);
+  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3);
+  fa::BwdParams p;
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.o = o.data_ptr();
+  p.dout = dout.data_ptr();
+  p.lse = static_cast<const float*>(lse.data_ptr());
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  p.sq = strides_of(q);
+  p.sk = strides_of(k);
+  p.sv = strides_of(v);
+  p.so = strides_of(o);
+  p.sdo = strides_of(dout);
+  p.sdq = strides_of(dq);
+  p.sdk = strides_of(dk);
+  p.sdv = strides_of(dv);
+  p.B = static_cast<int>(B);
+  p.H = static_cast<int>(H);
+  p.Tq = static_cast<int>(Tq);
+  p.Tk = static_cast<int>(k.size(2));
+  p.scale = static_cast<float>(scale);
+  p.causal = causal;
+  if (B == 0 || H == 0) return;
+  if (Tq == 0) {  // no query: every key gets no gradient
+    fill(dk, 0.0);
+    fill(dv, 0.0);
+    return;
+  }
+  // Workspaces: delta [B, H, Tq] and, in atomic mode, dq_accum [B, H, Tq, D] (fp32).
+  const TensorOptions f32{DType::F32, q.device()};
+  Tensor delta = empty({B, H, Tq}, f32);
+  Tensor dq_accum = deterministic ? Tensor() : empty({B, H, Tq, D}, f32);
+  p.delta = static_cast<float*>(delta.data_ptr());
+  p.dq_accum = deterministic ? nullptr : static_cast<float*>(dq_accum.data_ptr());
+  cudaStream_t stream = stream_for(q);
+  dispatch(q.dtype(), D, [&](auto tag, auto dim) {
+    using T = typename decltype(tag)::type;
+    constexpr int Dh = decltype(dim)::value;
+    launch(fa::bwd_preprocess_kernel<T, Dh>, fa::bwd_preprocess_shape<T, Dh>(p), p, stream);
+    const auto kv = fa::bwd_dkdv_shape<T, Dh>(p);
+    if (deterministic) {
+      if (causal) launch(fa::bwd_dkdv_kernel<T, Dh, true, false>, kv, p, stream);
+      else launch(fa::bwd_dkdv_kernel<T, Dh, false, false>, kv, p, stream);
+      const auto qs = fa::bwd_dq_shape<T, Dh>(p);
+      if (causal) launch(fa::bwd_dq_kernel<T, Dh, true>, qs, p, stream);
+      else launch(fa::bwd_dq_kernel<T, Dh, false>, qs, p, stream);
+    } else {
+      if (causal) launch(fa::bwd_dkdv_kernel<T, Dh, true, true>, kv, p, stream);
+      else launch(fa::bwd_dkdv_kernel<T, Dh, false, true>, kv, p, stream);
+      launch(fa::bwd_dq_convert_kernel<T, Dh>, fa::bwd_dq_convert_shape<T, Dh>(p), p, stream);
+    }
+  });
+  // The workspaces go back to the stream-ordered pool here; their memory is reused
+  // only by work queued after these kernels on this stream.
+}
+
+}  // namespace barbell::gpu
