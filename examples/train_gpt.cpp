@@ -35,7 +35,7 @@ struct Args {
   bool resume = false;
   int64_t save_every = 500, eval_every = 500, log_every = 25, eval_problems = 2000, samples = 8;
   double time_limit = 0;
-  std::string device = "auto", dtype = "auto";
+  std::string device = "auto", dtype = "auto", attention = "auto";
   int digits = 3;
   bool reverse = false;
   int threads = 0;
@@ -227,6 +227,10 @@ int run(const Args& args) {
   cfg.block_size = train_src->seq_len();
   cfg.dropout = args.dropout;
   cfg.seed = args.seed;
+  cfg.attn_backend = args.attention == "flash"   ? bb::AttentionBackend::Flash
+                     : args.attention == "cudnn" ? bb::AttentionBackend::Cudnn
+                     : args.attention == "math"  ? bb::AttentionBackend::Math
+                                                 : bb::AttentionBackend::Auto;
   bb::manual_seed(args.seed);
   bb::nn::GPT model(cfg);
   model.to(device);
@@ -480,6 +484,10 @@ int main(int argc, char** argv) {
   app.add_option("--samples", a.samples, "Sample completions printed at the end")->capture_default_str();
   app.add_option("--time-limit", a.time_limit, "Stop training after this many seconds (0: no limit)")->capture_default_str();
   app.add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--attention", a.attention,
+                 "Attention backend: auto (flash kernels on a GPU where they apply), flash, cudnn, math")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "flash", "cudnn", "math"}));
   app.add_option("--dtype", a.dtype, "Compute dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16")
       ->capture_default_str();
   app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));

@@ -57,6 +57,7 @@ Transformer::Transformer(const GPTConfig& cfg, Generator* gen) {
   ac.n_head = cfg.n_head;
   ac.dropout = cfg.dropout;
   ac.bias = cfg.bias;
+  ac.backend = cfg.attn_backend;
   ac.init_std = 0.02;
   // GPT-2 scales the residual projections by 1/sqrt(2 * n_layer).
   ac.proj_init_std = 0.02 / std::sqrt(2.0 * static_cast<double>(cfg.n_layer));

@@ -52,7 +52,7 @@ Tensor RMSNorm::forward(const Tensor& x) const { return rms_norm(x, weight, eps)
 Tensor Dropout::forward(const Tensor& x) const { return dropout(x, p, is_training(), gen_); }
 
 CausalSelfAttention::CausalSelfAttention(const AttentionConfig& cfg, Generator* gen)
-    : n_head(cfg.n_head), n_embd(cfg.n_embd) {
+    : n_head(cfg.n_head), n_embd(cfg.n_embd), backend(cfg.backend) {
   BB_CHECK(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, ValueError,
            "CausalSelfAttention: n_embd {} is not a multiple of n_head {}", cfg.n_embd, cfg.n_head);
   c_attn = register_module("c_attn", std::make_shared<Linear>(cfg.n_embd, 3 * cfg.n_embd, cfg.bias, cfg.init_std, gen));
@@ -68,7 +68,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x) const {
   Tensor q = qkv.select(2, 0).transpose(1, 2);                  // [B, H, T, D], strided
   Tensor k = qkv.select(2, 1).transpose(1, 2);
   Tensor v = qkv.select(2, 2).transpose(1, 2);
-  Tensor y = scaled_dot_product_attention(q, k, v, /*causal=*/true);  // [B, H, T, D]
+  Tensor y = scaled_dot_product_attention(q, k, v, /*causal=*/true, std::nullopt, backend);  // [B, H, T, D]
   y = y.transpose(1, 2).reshape({B, T, n_embd});
   return resid_dropout->forward(c_proj->forward(y));
 }

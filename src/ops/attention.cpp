@@ -1,8 +1,14 @@
-// scaled_dot_product_attention, the plain reference: softmax(q k^T * scale) v built
-// from matmul/softmax ops, so autograd and every backend come for free. The fused
-// flash kernels are tested against it.
+// scaled_dot_product_attention and its backends (see ops.hpp):
+//   Math:  softmax(q k^T * scale [+ causal mask]) v built from matmul/softmax ops, so
+//          autograd and every device come for free. The reference the fused kernels
+//          are tested against.
+//   Flash: barbell's kernels (kernels/flash_attention.cu); Cudnn: cuDNN's fused SDPA
+//          (kernels/attention_cudnn.cu). Both read q, k, v in place through their
+//          strides, save the logsumexp and recompute the probabilities in backward.
+#include <atomic>
 #include <cmath>
 #include <map>
+#include <string>
 #include <tuple>
 
 #include "barbell/cuda/cuda.hpp"
@@ -11,6 +17,10 @@
 namespace barbell {
 
 namespace {
+
+const char* kOp = "scaled_dot_product_attention";
+std::atomic<bool> g_deterministic{false};
+
 // The causal mask, built once per (Tq, Tk, device, stream) and thread: every layer of
 // every step reuses it instead of filling Tq x Tk values on the host and copying them
 // to the GPU again. Keyed by stream too, so a mask is only read on the stream whose
@@ -31,28 +41,163 @@ Tensor causal_keep(int64_t Tq, int64_t Tk, Device device) {
   cache.emplace(key, keep);
   return keep;
 }
-}  // namespace
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                    std::optional<double> scale) {
-  const char* op = "scaled_dot_product_attention";
-  detail::check_defined(op, {&q, &k, &v});
-  detail::check_same_device(op, q, k);
-  detail::check_same_device(op, q, v);
-  detail::check_same_dtype(op, q, k);
-  detail::check_same_dtype(op, q, v);
-  detail::check_floating(op, q);
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
+  detail::check_defined(kOp, {&q, &k, &v});
+  detail::check_same_device(kOp, q, k);
+  detail::check_same_device(kOp, q, v);
+  detail::check_same_dtype(kOp, q, k);
+  detail::check_same_dtype(kOp, q, v);
+  detail::check_floating(kOp, q);
   BB_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, ShapeError,
-           "{}: expected q, k, v of shape [B, H, T, D]: q is {}, k is {}, v is {}", op, shape_str(q.shape()),
+           "{}: expected q, k, v of shape [B, H, T, D]: q is {}, k is {}, v is {}", kOp, shape_str(q.shape()),
            shape_str(k.shape()), shape_str(v.shape()));
   bool ok = q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3) && k.shape() == v.shape();
-  BB_CHECK(ok, ShapeError, "{}: q is {}, k is {}, v is {}: batch, heads and head dim must agree and k, v match", op,
+  BB_CHECK(ok, ShapeError, "{}: q is {}, k is {}, v is {}: batch, heads and head dim must agree and k, v match", kOp,
            shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
-  const int64_t Tq = q.size(2), Tk = k.size(2), D = q.size(3);
-  double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(D));
+}
+
+// Whether a fused backend can run these inputs; the reason otherwise.
+bool fused_ok(AttentionBackend b, const Tensor& q, const Tensor& k, const Tensor& v, bool causal, std::string* why) {
+  if (!q.is_cuda()) {
+    *why = fmt::format("it runs on CUDA tensors and q {} is on {}", shape_str(q.shape()), q.device().str());
+    return false;
+  }
+#if defined(BARBELL_WITH_CUDA)
+  if (b == AttentionBackend::Flash) return gpu::flash_attention_supported(q, k, v, why);
+  return gpu::cudnn_attention_supported(q, k, v, why) && (!causal || gpu::cudnn_attention_causal_supported(q, k, why));
+#else
+  (void)b, (void)k, (void)v, (void)causal;
+  *why = "this build of barbell has no CUDA backend";
+  return false;
+#endif
+}
+
+AttentionOutput math_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double s,
+                               bool want_lse) {
+  const int64_t Tq = q.size(2), Tk = k.size(2);
   Tensor att = mul(matmul(q, k.transpose(-2, -1)), s);  // [B, H, Tq, Tk]
   if (causal) att = where(causal_keep(Tq, Tk, q.device()), att, full({}, -INFINITY, att.options()));
-  return matmul(softmax(att, -1), v);
+  AttentionOutput r;
+  r.out = matmul(softmax(att, -1), v);
+  if (want_lse) {
+    NoGradGuard ng;
+    Tensor a = att.dtype() == DType::F64 ? att.detach() : att.detach().to(DType::F32);
+    Tensor m = max(a, -1, /*keepdim=*/true);
+    r.lse = add(log(sum(exp(sub(a, m)), {-1})), m.squeeze(-1));
+  }
+  return r;
 }
+
+#if defined(BARBELL_WITH_CUDA)
+// A [B, H, T, D] tensor stored as [B, T, H, D]: the layout the fused kernels write,
+// which the GPT's y.transpose(1, 2).reshape({B, T, C}) turns into [B, T, C] for free.
+Tensor bthd(int64_t B, int64_t H, int64_t T, int64_t D, const TensorOptions& o) {
+  return empty({B, T, H, D}, o).transpose(1, 2);
+}
+
+// The fused kernels want unit stride in D and 16-byte aligned rows; anything else
+// (e.g. an incoming gradient from a permuted view) is copied first.
+bool fused_layout_ok(const Tensor& t) {
+  if (t.size(3) > 1 && t.stride(3) != 1) return false;
+  for (int d = 0; d < 3; ++d)
+    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return false;
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+Tensor fused_layout(const Tensor& t) {
+  if (fused_layout_ok(t)) return t;
+  const int64_t B = t.size(0), H = t.size(1), T = t.size(2), D = t.size(3);
+  Tensor c = bthd(B, H, T, D, t.options());
+  gpu::copy(c, t);
+  return c;
+}
+#endif
+
+AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
+                                bool causal, double s) {
+#if defined(BARBELL_WITH_CUDA)
+  const int64_t B = q_in.size(0), H = q_in.size(1), Tq = q_in.size(2), Tk = k_in.size(2), D = q_in.size(3);
+  Tensor q = q_in.detach(), k = k_in.detach(), v = v_in.detach();
+  Tensor o = bthd(B, H, Tq, D, q.options());
+  Tensor lse = empty({B, H, Tq}, {DType::F32, q.device()});
+  const bool flash = backend == AttentionBackend::Flash;
+  if (flash) gpu::flash_attention_forward(o, lse, q, k, v, causal, s);
+  else gpu::cudnn_attention_forward(o, lse, q, k, v, causal, s);
+  AttentionOutput r{o, lse};
+  Tensor od = o.detach();
+  autograd::record(flash ? "scaled_dot_product_attention (flash)" : "scaled_dot_product_attention (cudnn)", r.out,
+                   {q_in, k_in, v_in},
+                   [q, k, v, od, lse, causal, s, flash, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor go = g.dtype() == q.dtype() ? g : g.to(q.dtype());
+                     go = fused_layout(go);
+                     Tensor dq = bthd(B, H, Tq, D, q.options());
+                     Tensor dk = bthd(B, H, Tk, D, q.options());
+                     Tensor dv = bthd(B, H, Tk, D, q.options());
+                     if (flash)
+                       gpu::flash_attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s,
+                                                     deterministic_attention());
+                     else gpu::cudnn_attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s);
+                     return {dq, dk, dv};
+                   });
+  return r;
+#else
+  (void)backend, (void)k_in, (void)v_in, (void)causal, (void)s;
+  detail::no_cuda_build(kOp, q_in);
+#endif
+}
+
+AttentionOutput attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                               std::optional<double> scale, AttentionBackend backend, bool want_lse) {
+  const AttentionBackend b = resolve_attention_backend(q, k, v, backend, causal);
+  const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  if (b == AttentionBackend::Math) return math_attention(q, k, v, causal, s, want_lse);
+  return fused_attention(b, q, k, v, causal, s);
+}
+
+}  // namespace
+
+const char* attention_backend_name(AttentionBackend b) {
+  switch (b) {
+    case AttentionBackend::Auto: return "auto";
+    case AttentionBackend::Flash: return "flash";
+    case AttentionBackend::Cudnn: return "cudnn";
+    case AttentionBackend::Math: return "math";
+  }
+  return "?";
+}
+
+AttentionBackend resolve_attention_backend(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           AttentionBackend requested, bool causal) {
+  check_inputs(q, k, v);
+  std::string why;
+  switch (requested) {
+    case AttentionBackend::Math: return AttentionBackend::Math;
+    case AttentionBackend::Auto:
+      return q.is_cuda() && fused_ok(AttentionBackend::Flash, q, k, v, causal, &why) ? AttentionBackend::Flash
+                                                                                      : AttentionBackend::Math;
+    case AttentionBackend::Flash:
+    case AttentionBackend::Cudnn:
+      if (!fused_ok(requested, q, k, v, causal, &why)) {
+        throw ValueError(fmt::format("{}: the {} backend cannot run q {} {}, k {}, v {}{}: {}", kOp,
+                                     attention_backend_name(requested), dtype_name(q.dtype()), shape_str(q.shape()),
+                                     shape_str(k.shape()), shape_str(v.shape()), causal ? " (causal)" : "", why));
+      }
+      return requested;
+  }
+  throw ValueError(fmt::format("{}: unknown attention backend {}", kOp, static_cast<int>(requested)));
+}
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                    std::optional<double> scale, AttentionBackend backend) {
+  return attention_impl(q, k, v, causal, scale, backend, false).out;
+}
+
+AttentionOutput scaled_dot_product_attention_lse(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                                 std::optional<double> scale, AttentionBackend backend) {
+  return attention_impl(q, k, v, causal, scale, backend, true);
+}
+
+void set_deterministic_attention(bool on) { g_deterministic.store(on); }
+bool deterministic_attention() { return g_deterministic.load(); }
 
 }  // namespace barbell

@@ -16,6 +16,8 @@ struct GPTConfig {
   double dropout = 0.0;
   bool bias = true;
   uint64_t seed = 1337;  // initialisation
+  // Attention implementation (see AttentionBackend): flash kernels on a GPU by default.
+  AttentionBackend attn_backend = AttentionBackend::Auto;
 
   // Presets; vocab_size and block_size can be changed afterwards.
   static GPTConfig tiny();        // 2 layers, 4 heads, 64 wide      (~0.1M + embeddings)

@@ -4,6 +4,7 @@
 
 #include "barbell/core/random.hpp"
 #include "barbell/nn/module.hpp"
+#include "barbell/ops/ops.hpp"
 
 namespace barbell::nn {
 
@@ -72,6 +73,8 @@ struct AttentionConfig {
   double dropout = 0.0;
   bool bias = true;
   double init_std = 0.02, proj_init_std = 0.02;
+  // Auto: barbell's flash kernels on a GPU where they apply, the plain path otherwise.
+  AttentionBackend backend = AttentionBackend::Auto;
 };
 
 // x [B, T, C] -> c_attn -> [B, T, 3, H, D]; q, k, v are strided views of it (no
@@ -83,6 +86,7 @@ class CausalSelfAttention : public Module {
   std::shared_ptr<Linear> c_attn, c_proj;
   std::shared_ptr<Dropout> resid_dropout;
   int64_t n_head, n_embd;
+  AttentionBackend backend;
 };
 
 // c_fc (C -> 4C), GELU (tanh), c_proj (4C -> C).

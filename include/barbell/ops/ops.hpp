@@ -80,10 +80,46 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
 // Lower-triangular Bool mask [rows, cols] (true on and below the diagonal).
 Tensor tril_mask(int64_t rows, int64_t cols, Device device = Device::cpu());
 
-// q [B, H, Tq, D], k, v [B, H, Tk, D] -> [B, H, Tq, D]. The plain reference:
-// softmax(q k^T * scale [+ causal mask]) v, composed from the ops above.
+// Which implementation scaled_dot_product_attention runs.
+//   Auto:  Flash where it applies (CUDA tensors, bf16/f16, head dim 64 or 128, unit
+//          stride in D, 16-byte aligned rows), else Math.
+//   Flash: barbell's fused kernels (tiled online softmax on the tensor cores; the
+//          forward saves the logsumexp, the backward recomputes the probabilities).
+//   Cudnn: cuDNN's fused SDPA through its graph API (CUDA, bf16/f16; libcudnn.so.9 is
+//          loaded at first use and need not be present otherwise).
+//   Math:  the plain composition softmax(q k^T * scale [+ mask]) v of the ops above;
+//          any device and float dtype.
+// An explicitly requested backend that cannot run the inputs throws (naming why); only
+// Auto falls back.
+enum class AttentionBackend { Auto, Flash, Cudnn, Math };
+const char* attention_backend_name(AttentionBackend b);
+// The backend `requested` resolves to for these inputs (and causal setting); throws as
+// the op would when an explicit backend cannot run them.
+AttentionBackend resolve_attention_backend(const Tensor& q, const Tensor& k, const Tensor& v,
+                                           AttentionBackend requested = AttentionBackend::Auto, bool causal = false);
+
+// q [B, H, Tq, D], k, v [B, H, Tk, D] -> [B, H, Tq, D]: softmax(q k^T * scale) v, scale
+// 1/sqrt(D) by default. Inputs may be strided views (e.g. of a [B, T, 3, H, D] qkv
+// buffer); the fused backends read them in place. Causal masking is bottom-right
+// aligned: query i sees key j when j <= i + (Tk - Tq). A query that sees no key
+// (causal with Tq > Tk) gets zeros from the fused backends and NaN from Math.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = false,
-                                    std::optional<double> scale = std::nullopt);
+                                    std::optional<double> scale = std::nullopt,
+                                    AttentionBackend backend = AttentionBackend::Auto);
+// The same, also returning the logsumexp of each query's scaled scores, lse [B, H, Tq]
+// F32 (F64 for f64 inputs; -inf for a query that sees no key). `out` is differentiable,
+// `lse` is not.
+struct AttentionOutput {
+  Tensor out, lse;
+};
+AttentionOutput scaled_dot_product_attention_lse(const Tensor& q, const Tensor& k, const Tensor& v,
+                                                 bool causal = false, std::optional<double> scale = std::nullopt,
+                                                 AttentionBackend backend = AttentionBackend::Auto);
+// Flash backward: by default dQ is accumulated with fp32 atomics (fast; the order of
+// the additions varies between runs). Deterministic mode computes dQ in a separate
+// pass instead (bit-identical runs, about 40% more backward work). Process-wide.
+void set_deterministic_attention(bool on);
+bool deterministic_attention();
 
 // Fused AdamW step on one parameter (no autograd): param, grad, exp_avg, exp_avg_sq
 // are updated in place. `step` is 1-based.
