@@ -7,7 +7,10 @@
 # The device machine has the NVIDIA driver, the CUDA toolkit (nvcc, cuBLAS(Lt), cuDNN,
 # NCCL), CMake, ninja and Python, but none of our Debian packages (fmt, OpenBLAS, Catch2,
 # CLI11, nlohmann-json, MPI). So DEST gets:
-#   payload.tar.xz  bin/  the CUDA test programs, bench_kernels (and barbell-train if built)
+#   payload.tar.xz  bin/  the CUDA test programs, bench_kernels, bench_attention (and
+#                         barbell-train if built)
+#                   py/   benchmarks/torch_sdpa.py and attention_table.py (device-check.sh
+#                         runs the working tree's copies when it has them)
 #                   lib/  libbarbell.so and every shared library they load that is neither the
 #                         C library family, the driver, nor a CUDA toolkit library (those come
 #                         from the device itself); lib/fallback/ holds this machine's libstdc++
@@ -35,17 +38,22 @@ die() { echo "bundle-device: $*" >&2; exit 1; }
 
 # The programs.
 bins=()
-for f in "$BUILD"/tests/cuda/cuda_test_* "$BUILD"/benchmarks/bench_kernels; do
+for f in "$BUILD"/tests/cuda/cuda_test_* "$BUILD"/benchmarks/bench_kernels "$BUILD"/benchmarks/bench_attention; do
   [[ -f $f && -x $f ]] && bins+=("$f")
 done
 train=$(find "$BUILD" -maxdepth 3 -type f -name barbell-train -perm -u+x 2>/dev/null | head -1 || true)
 [[ -n $train ]] && bins+=("$train")
 [[ ${#bins[@]} -gt 0 ]] || die "no CUDA test programs or bench_kernels in $BUILD (configure with -DBARBELL_CUDA=ON and build first)"
 [[ -x $BUILD/benchmarks/bench_kernels ]] || echo "bundle-device: warning: no bench_kernels in $BUILD" >&2
+[[ -x $BUILD/benchmarks/bench_attention ]] || echo "bundle-device: warning: no bench_attention in $BUILD" >&2
 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
-mkdir -p "$STAGE/bin" "$STAGE/lib/fallback"
+mkdir -p "$STAGE/bin" "$STAGE/lib/fallback" "$STAGE/py"
+# The Python side of the attention benchmark (PyTorch's SDPA on the same shapes, the table).
+for py in torch_sdpa.py attention_table.py; do
+  if [[ -f $ROOT/benchmarks/$py ]]; then cp "$ROOT/benchmarks/$py" "$STAGE/py/"; else echo "bundle-device: warning: no benchmarks/$py" >&2; fi
+done
 
 # Libraries that must come from the device: the C library family and the dynamic loader,
 # the driver, and the CUDA toolkit's libraries (they must match the device's driver).
@@ -143,11 +151,11 @@ if ! grep -q 'sm_90' "$DEST/MANIFEST.txt"; then
   echo "bundle-device: warning: libbarbell has no sm_90/sm_90a GPU code (CMAKE_CUDA_ARCHITECTURES?)" >&2
 fi
 
-tar -C "$STAGE" -cf - bin lib deps | xz -T0 -6 >"$DEST/payload.tar.xz"
+tar -C "$STAGE" -cf - bin lib deps py | xz -T0 -6 >"$DEST/payload.tar.xz"
 raw=$(du -sm "$STAGE" | cut -f1)
 packed=$(du -m "$DEST/payload.tar.xz" | cut -f1)
 echo "bundle-device: $DEST: ${#bins[@]} programs, $(find "$STAGE/lib" -maxdepth 1 -name '*.so*' | wc -l) libraries, ${raw} MiB unpacked, ${packed} MiB packed (commit $commit)"
-for b in "$STAGE"/bin/*; do echo "  bin/$(basename "$b")"; done
+for b in "$STAGE"/bin/* "$STAGE"/py/*; do [[ -f $b ]] && echo "  ${b#"$STAGE"/}"; done
 (cd "$STAGE/lib" && for l in *.so* fallback/*; do [[ -f $l ]] && echo "  lib/$l $(du -k "$l" | cut -f1) KiB"; done)
 if ((packed > 60)); then
   echo "bundle-device: warning: the payload is over 60 MiB; a device call carries 64 MiB in all" >&2

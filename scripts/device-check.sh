@@ -7,14 +7,32 @@
 # Steps, each under its own `timeout`, the script going on after a failure:
 #   env       GPU and driver (nvidia-smi), toolkit versions, the commit      -> env.txt
 #   binaries  the programs to run: device-bundle/ if present and runnable, else a build
-#             from source (below)                                            -> build.log
+#             from source (below)                                            -> env.txt
 #   tests     every CUDA test program (cuda_test_*), full sizes              -> tests.log
 #   memcheck  compute-sanitizer --tool memcheck on the tests in quick mode
 #             (BARBELL_TEST_QUICK=1: small sizes)                            -> memcheck.log
-#   bench     bench_kernels --json                                           -> bench_kernels.{log,json}
+#   bench     bench_kernels --json                                           -> bench.log, bench_kernels.json
+#   attention (after the steps above, in what the budget leaves them; see below)
+#             test      cuda_test_cuda_attention, full sizes                  -> tests.log
+#             memcheck  compute-sanitizer memcheck and racecheck on it in quick mode with
+#             racecheck BARBELL_TEST_FILTER=flash (small shapes, Flash + Math) -> memcheck.log
+#             bench     bench_attention --json, then benchmarks/torch_sdpa.py --json (PyTorch's
+#             torch     SDPA kernels, same shapes) and benchmarks/attention_table.py, which
+#             table     merges both                                           -> bench.log, attention.json
 # and summary.txt: one line per step (PASS / FAIL / TIMEOUT / SKIP, seconds, a note).
-# OUTDIR gets at most 7 files (a device call returns at most 8). Progress goes to stdout;
-# the summary is printed last. Exit status 0 when every step passed.
+# OUTDIR gets at most 7 files (a device call returns at most 8): the build log, if any, is
+# appended to env.txt. Progress goes to stdout; the summary is printed last. Exit status 0
+# when every step passed.
+#
+# Attention: with the other steps the attention steps share what those leave (at least
+# 120 s together, kept from them), and the benchmarks run --quick; alone
+# (DEVICE_CHECK_STEPS=attention) they get the whole budget and full sizes:
+#   test 150 s, memcheck 100 s, racecheck 120 s, bench_attention 180 s, torch_sdpa.py 120 s
+# at most, each bounded by the budget left after the minimum slices of the later ones;
+# the benchmarks get --time-budget (they stop starting cases in time, keeping their JSON:
+# the most telling shapes run first). attention.json holds bench_attention's results, or,
+# once the table step ran, both programs' results merged, with the markdown table under
+# "table_markdown" (also printed into bench.log).
 #
 # Where the programs come from:
 #   1. device-bundle/payload.tar.xz, made here by scripts/bundle-device.sh after a normal
@@ -31,9 +49,14 @@
 #      configure, and the summary says so.
 #
 # Environment: DEVICE_CHECK_BUDGET (seconds for the whole script, default 450),
-# DEVICE_CHECK_STEPS (default "tests,memcheck,bench"), DEVICE_CHECK_BENCH_ARGS (extra
-# bench_kernels flags, e.g. "--quick" or "--only layer_norm"), DEVICE_CHECK_BUILD=1
-# (build from source even with a bundle), DEVICE_CHECK_TESTS (test names, default all).
+# DEVICE_CHECK_STEPS (default "tests,memcheck,bench,attention"; "attention" is the five
+# attention steps, also selectable one by one as attn-test, attn-memcheck,
+# attn-racecheck, attn-bench, attn-torch; the table runs with either of the last two),
+# DEVICE_CHECK_BENCH_ARGS (extra bench_kernels flags, e.g. "--quick" or "--only
+# layer_norm"), DEVICE_CHECK_ATTN_BENCH_ARGS (extra flags for bench_attention and
+# torch_sdpa.py, e.g. "--f16"; default "--quick" when other steps run too),
+# DEVICE_CHECK_BUILD=1 (build from source even with a bundle), DEVICE_CHECK_TESTS (test
+# names, default "runtime ops nn gpt"; the attention test runs in the attention steps).
 #
 # scripts/device-check.sh --source-hash prints the hash of the sources (bundle-device.sh
 # records it in the bundle).
@@ -53,7 +76,7 @@ fi
 OUTDIR=${1:?usage: scripts/device-check.sh OUTDIR}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
 BUDGET=${DEVICE_CHECK_BUDGET:-450}
-STEPS=${DEVICE_CHECK_STEPS:-tests,memcheck,bench}
+STEPS=${DEVICE_CHECK_STEPS:-tests,memcheck,bench,attention}
 BENCH_ARGS=${DEVICE_CHECK_BENCH_ARGS:-}
 T0=$(date +%s)
 WORK=$(mktemp -d /tmp/barbell-device-check.XXXXXX)
@@ -62,8 +85,9 @@ ENV_TXT=$OUTDIR/env.txt
 BUILD_LOG=$OUTDIR/build.log
 TESTS_LOG=$OUTDIR/tests.log
 MEMCHECK_LOG=$OUTDIR/memcheck.log
-BENCH_LOG=$OUTDIR/bench_kernels.log
+BENCH_LOG=$OUTDIR/bench.log
 BENCH_JSON=$OUTDIR/bench_kernels.json
+ATTN_JSON=$OUTDIR/attention.json
 NPROC=$(nproc 2>/dev/null || echo 8)
 export PATH="$PATH:/usr/local/cuda/bin"
 
@@ -79,6 +103,8 @@ record() {
   say "$1: $2 ($3 s) $4"
 }
 has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
+# an attention step: "attention" or its own name (attn-test, ...)
+has_attn() { has_step attention || has_step "attn-$1"; }
 
 # run_step NAME CAP RESERVE LOG cmd...: runs cmd under timeout min(CAP, what the budget
 # leaves after RESERVE seconds for later steps), its output appended to LOG and kept in
@@ -240,12 +266,12 @@ build_from_source() {
   local b=$WORK/build
   local targets=()
   for t in "$ROOT"/tests/cuda/test_*.cpp; do targets+=("cuda_$(basename "$t" .cpp)"); done
-  targets+=(bench_kernels)
+  targets+=(bench_kernels bench_attention)
   run_step "configure" 120 200 "$BUILD_LOG" cmake -S "$ROOT" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DBARBELL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DBARBELL_EXAMPLES=OFF -DBARBELL_WERROR=OFF \
     -DCMAKE_PREFIX_PATH="$deps" -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
   if ((RC != 0)); then
-    BIN_NOTE="$BIN_NOTE; cmake configure failed (exit $RC, see build.log)"
+    BIN_NOTE="$BIN_NOTE; cmake configure failed (exit $RC, see the build log in env.txt)"
     return 1
   fi
   run_step "build" 360 150 "$BUILD_LOG" ninja -C "$b" -k 0 -j"$NPROC" "${targets[@]}"
@@ -255,11 +281,11 @@ build_from_source() {
     [[ -n $f ]] && ln -sf "$f" "$WORK/bin/$t"
   done
   if ! ls "$WORK/bin"/cuda_test_* >/dev/null 2>&1; then
-    BIN_NOTE="$BIN_NOTE; the build made no test programs (exit $RC, see build.log)"
+    BIN_NOTE="$BIN_NOTE; the build made no test programs (exit $RC, see the build log in env.txt)"
     return 1
   fi
   BIN=$WORK/bin
-  BIN_NOTE="$BIN_NOTE; built from source here in ${SECS}s$( ((RC != 0)) && echo " (some targets failed, see build.log)")"
+  BIN_NOTE="$BIN_NOTE; built from source here in ${SECS}s$( ((RC != 0)) && echo " (some targets failed, see the build log in env.txt)")"
   return 0
 }
 
@@ -279,14 +305,54 @@ else
     record binaries FAIL $(($(date +%s) - t)) "$BIN_NOTE"
   fi
 fi
-[[ -s $BUILD_LOG ]] || rm -f "$BUILD_LOG"
+# The build log goes into env.txt (OUTDIR keeps to 7 files).
+if [[ -s $BUILD_LOG ]]; then
+  {
+    echo
+    echo "== build.log (the binaries step)"
+    cat "$BUILD_LOG"
+  } >>"$ENV_TXT"
+fi
+rm -f "$BUILD_LOG"
 
 # ---- tests -----------------------------------------------------------------------------
 # name:cap seconds (the full run); memcheck runs them in quick mode.
 TESTS=${DEVICE_CHECK_TESTS:-runtime ops nn gpt}
-declare -A CAP=([runtime]=90 [ops]=180 [nn]=180 [gpt]=120)
+declare -A CAP=([runtime]=90 [ops]=180 [nn]=180 [gpt]=120 [attention]=150)
+# The attention steps come last. Minimum slices kept for each (seconds), when selected:
+declare -A AMIN=([test]=0 [memcheck]=0 [racecheck]=0 [bench]=0 [torch]=0 [table]=0)
+ATTN_ALONE=1
+for st in tests memcheck bench; do has_step $st && ATTN_ALONE=0; done
+if ((ATTN_ALONE)); then  # the attention steps alone: bigger slices
+  has_attn test && AMIN[test]=60
+  has_attn memcheck && AMIN[memcheck]=45
+  has_attn racecheck && AMIN[racecheck]=45
+  has_attn bench && AMIN[bench]=60
+  has_attn torch && AMIN[torch]=45
+else  # with the other steps: what they leave, at least ATTN_RESERVE in all
+  has_attn test && AMIN[test]=30
+  has_attn memcheck && AMIN[memcheck]=15
+  has_attn racecheck && AMIN[racecheck]=15
+  has_attn bench && AMIN[bench]=25
+  has_attn torch && AMIN[torch]=20
+fi
+{ has_attn bench || has_attn torch; } && AMIN[table]=15
+# attn_after STEP: the minimum slices of the attention steps after STEP
+attn_after() {
+  local order=(test memcheck racecheck bench torch table) sum=0 seen=0 x
+  for x in "${order[@]}"; do
+    ((seen)) && sum=$((sum + AMIN[$x]))
+    [[ $x == "$1" ]] && seen=1
+  done
+  echo $sum
+}
+ATTN_RESERVE=0  # all of them: what the earlier steps leave
+for x in test memcheck racecheck bench torch table; do ATTN_RESERVE=$((ATTN_RESERVE + AMIN[$x])); done
 BENCH_RESERVE=0
-has_step bench && BENCH_RESERVE=150
+if has_step bench; then
+  BENCH_RESERVE=150
+  ((ATTN_RESERVE > 0)) && BENCH_RESERVE=120
+fi
 
 if has_step tests; then
   for name in $TESTS; do
@@ -295,7 +361,7 @@ if has_step tests; then
       record "test $name" FAIL 0 "no program ${prog##*/}"
       continue
     fi
-    run_step "test $name" "${CAP[$name]:-180}" $((BENCH_RESERVE + 60)) "$TESTS_LOG" env BARBELL_TEST_QUICK=0 "$prog"
+    run_step "test $name" "${CAP[$name]:-180}" $((BENCH_RESERVE + 60 + ATTN_RESERVE)) "$TESTS_LOG" env BARBELL_TEST_QUICK=0 "$prog"
     st=$(status_of $RC)
     note=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
     ((RC == 77)) && note="$note exit 77 (no device seen by the program) $(grep -m1 'skipped' "$WORK/step.log")"
@@ -318,7 +384,7 @@ if has_step memcheck; then
     for name in $TESTS; do
       prog=$BIN/cuda_test_cuda_$name
       [[ -n $BIN && -x $prog ]] || continue
-      run_step "memcheck $name" 150 "$BENCH_RESERVE" "$MEMCHECK_LOG" env BARBELL_TEST_QUICK=1 "$SAN" --tool memcheck \
+      run_step "memcheck $name" 150 $((BENCH_RESERVE + ATTN_RESERVE)) "$MEMCHECK_LOG" env BARBELL_TEST_QUICK=1 "$SAN" --tool memcheck \
         --error-exitcode 86 --report-api-errors no --print-limit 30 "$prog"
       es=$(grep -m1 'ERROR SUMMARY' "$WORK/step.log")
       ts=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
@@ -344,12 +410,160 @@ if has_step bench; then
     record bench_kernels FAIL 0 "no bench_kernels program"
   else
     # shellcheck disable=SC2086
-    run_step bench_kernels 300 0 "$BENCH_LOG" "$prog" --json "$BENCH_JSON" --commit "$COMMIT" $BENCH_ARGS
+    run_step bench_kernels 300 "$ATTN_RESERVE" "$BENCH_LOG" "$prog" --json "$BENCH_JSON" --commit "$COMMIT" $BENCH_ARGS
     last=$(grep '^bench_kernels:' "$WORK/step.log" | tail -1)
     st=$(status_of $RC)
     ((RC == 1)) && st=FAIL
     record bench_kernels "$st" "$SECS" "${last:-exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)}"
     grep -E '^ceiling:|ERROR' "$WORK/step.log" | head -20 | sed 's/^/    /'
+  fi
+fi
+
+# ---- attention ---------------------------------------------------------------------------
+# After everything else. Each step is bounded by what the budget leaves after the minimum
+# slices of the attention steps after it (attn_after).
+step_limit() {  # CAP RESERVE: the timeout run_step will use
+  local left=$((BUDGET - $(elapsed) - $2))
+  echo $(($1 < left ? $1 : left))
+}
+ATTN_PROG=${BIN:+$BIN/cuda_test_cuda_attention}
+ATTN_BENCH_ARGS=${DEVICE_CHECK_ATTN_BENCH_ARGS-$( ((ATTN_ALONE)) || echo --quick)}
+PY=$(command -v python3 || command -v python || true)
+py_script() {  # the working tree's copy, else the bundle's
+  if [[ -f $ROOT/benchmarks/$1 ]]; then echo "$ROOT/benchmarks/$1"; elif [[ -f $WORK/bundle/py/$1 ]]; then echo "$WORK/bundle/py/$1"; fi
+}
+
+if has_attn test; then
+  if [[ -z $ATTN_PROG || ! -x $ATTN_PROG ]]; then
+    record "attention test" FAIL 0 "no program cuda_test_cuda_attention"
+  else
+    run_step "attention test" 150 "$(attn_after test)" "$TESTS_LOG" env BARBELL_TEST_QUICK=0 "$ATTN_PROG"
+    st=$(status_of $RC)
+    note=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
+    ((RC == 77)) && note="$note exit 77 (no device seen by the program) $(grep -m1 'skipped' "$WORK/step.log")"
+    ((RC == 99)) && note="not run: out of time"
+    [[ $st == TIMEOUT ]] && note="timed out; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
+    [[ -z $note ]] && note="exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
+    record "attention test" "$st" "$SECS" "$note"
+    grep -E '^INFO accuracy' "$WORK/step.log" | sed 's/^/    /'
+    if [[ $st != PASS ]]; then
+      grep -E '^FAIL|threw' "$WORK/step.log" | head -25 | sed 's/^/    /'
+    fi
+  fi
+fi
+
+# compute-sanitizer TOOL on the attention test in quick mode, Flash only (and its Math
+# yardstick): small shapes, every Flash kernel (forward, backward, deterministic dQ).
+attn_sanitize() {  # TOOL CAP
+  local tool=$1 cap=$2 name="attention $1" es rs ts
+  local san
+  san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+  if [[ -z $san ]]; then
+    record "$name" FAIL 0 "compute-sanitizer not found"
+    return
+  fi
+  if [[ -z $ATTN_PROG || ! -x $ATTN_PROG ]]; then
+    record "$name" FAIL 0 "no program cuda_test_cuda_attention"
+    return
+  fi
+  local extra=()
+  [[ $tool == racecheck ]] && extra=(--racecheck-report all)
+  run_step "$name" "$cap" "$(attn_after "$tool")" "$MEMCHECK_LOG" env BARBELL_TEST_QUICK=1 BARBELL_TEST_FILTER=flash \
+    "$san" --tool "$tool" "${extra[@]}" --error-exitcode 86 --report-api-errors no --print-limit 30 "$ATTN_PROG"
+  es=$(grep -m1 'ERROR SUMMARY' "$WORK/step.log")
+  rs=$(grep -m1 'RACECHECK SUMMARY' "$WORK/step.log")
+  ts=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
+  case $RC in
+    0) record "$name" PASS "$SECS" "${es:-no error summary} ${rs}; $ts" ;;
+    86) record "$name" FAIL "$SECS" "$es $rs"
+        grep -m10 -E '^=+ (Invalid|Uninitialized|Program hit|Out-of-range|Misaligned|Error|Warning).*' "$WORK/step.log" |
+          sed 's/^/    /' ;;
+    99) record "$name" SKIP 0 "not run: out of time" ;;
+    124 | 137) record "$name" TIMEOUT "$SECS" "$es $rs $ts" ;;
+    77) record "$name" "$(status_of 77)" "$SECS" "exit 77: the program saw no GPU" ;;
+    *) record "$name" FAIL "$SECS" "exit $RC (1: a check failed under the sanitizer): ${es} ${rs} ${ts}"
+       grep -E '^FAIL' "$WORK/step.log" | head -10 | sed 's/^/    /' ;;
+  esac
+}
+has_attn memcheck && attn_sanitize memcheck 100
+has_attn racecheck && attn_sanitize racecheck 120
+
+if has_attn bench; then
+  prog=${BIN:+$BIN/bench_attention}
+  if [[ -z $prog || ! -x $prog ]]; then
+    record bench_attention FAIL 0 "no bench_attention program"
+  else
+    lim=$(step_limit 180 "$(attn_after bench)")
+    # stop starting cases ~25 s before the timeout (a case takes a few seconds)
+    tb=$((lim > 50 ? lim - 25 : lim / 2))
+    # shellcheck disable=SC2086
+    run_step bench_attention 180 "$(attn_after bench)" "$BENCH_LOG" "$prog" --json "$ATTN_JSON" --commit "$COMMIT" \
+      --time-budget "$((tb > 1 ? tb : 1))" $ATTN_BENCH_ARGS
+    last=$(grep '^bench_attention:' "$WORK/step.log" | tail -1)
+    st=$(status_of $RC)
+    ((RC == 1)) && st=FAIL
+    if grep -q 'skipped: no CUDA device' "$WORK/step.log"; then
+      if ((GPU_VISIBLE)); then st=FAIL; else st=SKIP; fi
+    fi
+    ((RC == 99)) && last="not run: out of time"
+    record bench_attention "$st" "$SECS" "${last:-exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)}"
+    # the issue's target shape first: D = 128, T = 8192, non-causal
+    grep -E '^(flash|cudnn) +(fwd|bwd) +bf16 +[0-9]+ +[0-9]+ +8192 +128 +full|flash/cudnn (fwd|bwd) bf16 T=8192 D=128 full|ERROR' \
+      "$WORK/step.log" | head -12 | sed 's/^/    /'
+  fi
+fi
+
+TORCH_JSON=$WORK/torch_sdpa.json
+if has_attn torch; then
+  script=$(py_script torch_sdpa.py)
+  if [[ -z $PY ]]; then
+    record torch_sdpa SKIP 0 "no python3 on this machine"
+  elif [[ -z $script ]]; then
+    record torch_sdpa FAIL 0 "no benchmarks/torch_sdpa.py"
+  else
+    lim=$(step_limit 120 "$(attn_after torch)")
+    tb=$((lim > 50 ? lim - 25 : lim / 2))
+    # shellcheck disable=SC2086
+    run_step torch_sdpa 120 "$(attn_after torch)" "$BENCH_LOG" "$PY" "$script" --json "$TORCH_JSON" \
+      --commit "$COMMIT" --time-budget "$((tb > 1 ? tb : 1))" $ATTN_BENCH_ARGS
+    last=$(grep -E '^torch_sdpa:' "$WORK/step.log" | tail -1)
+    case $RC in
+      0) record torch_sdpa PASS "$SECS" "$last" ;;
+      3) record torch_sdpa SKIP "$SECS" "$(grep -m1 'skipped' "$WORK/step.log" | head -c 250)" ;;
+      99) record torch_sdpa SKIP 0 "not run: out of time" ;;
+      124 | 137) record torch_sdpa TIMEOUT "$SECS" "$last" ;;
+      *) record torch_sdpa FAIL "$SECS" "exit $RC: ${last:-$(tail -1 "$WORK/step.log" | head -c 200)}" ;;
+    esac
+    grep -E '^torch-(flash|cudnn|efficient) +(fwd|bwd) +bf16 +[0-9]+ +[0-9]+ +8192 +128 +full' "$WORK/step.log" |
+      head -6 | sed 's/^/    /'
+  fi
+fi
+
+if has_attn bench || has_attn torch; then
+  script=$(py_script attention_table.py)
+  inputs=()
+  [[ -s $ATTN_JSON ]] && inputs+=("$ATTN_JSON")
+  [[ -s $TORCH_JSON ]] && inputs+=("$TORCH_JSON")
+  if ((${#inputs[@]} == 0)); then
+    record "attention table" SKIP 0 "no attention results to tabulate"
+  elif [[ -z $PY || -z $script ]]; then
+    record "attention table" FAIL 0 "no python3 or no benchmarks/attention_table.py"
+  else
+    run_step "attention table" 20 0 "$BENCH_LOG" "$PY" "$script" "${inputs[@]}" --merge-out "$ATTN_JSON"
+    if ((RC == 0)); then
+      record "attention table" PASS "$SECS" "$(grep -c '^| [0-9]' "$WORK/step.log") rows from ${#inputs[@]} file(s); the markdown is in bench.log and in attention.json (table_markdown)"
+    else
+      st=$(status_of $RC)
+      ((RC == 99)) && st=SKIP
+      record "attention table" "$st" "$SECS" "exit $RC: $(tail -1 "$WORK/step.log" | head -c 200)"
+    fi
+  fi
+  # PyTorch's raw results, unless they made it into attention.json
+  if [[ -s $TORCH_JSON ]] && ! grep -q '"torch_sdpa"' "$ATTN_JSON" 2>/dev/null; then
+    {
+      echo "===== torch_sdpa.json (not merged into attention.json)"
+      cat "$TORCH_JSON"
+    } >>"$BENCH_LOG"
   fi
 fi
 
