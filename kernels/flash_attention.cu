@@ -2,6 +2,7 @@
 // checks, the dtype / head-dim / causal dispatch, workspaces, and the shared-memory
 // opt-in above 48 KB. The kernels are header templates so that the CPU tests can run
 // the same code under the warp emulator (tests/sim).
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <mutex>
@@ -18,17 +19,36 @@ namespace {
 
 const char* kOp = "scaled_dot_product_attention (flash)";
 
-// Compute capability major * 10 + minor, cached per device.
-int compute_capability(int device) {
-  static std::array<std::atomic<int>, 64> cache{};
-  if (device < 0 || device >= 64) return 0;
-  int cc = cache[static_cast<size_t>(device)].load(std::memory_order_relaxed);
-  if (cc == 0) {
+// Compute capability (major * 10 + minor) and the opt-in shared memory per block,
+// cached per device.
+struct DeviceInfo {
+  int cc = 0;
+  size_t smem_optin = 0;
+};
+DeviceInfo device_info(int device) {
+  static std::array<std::atomic<int>, 64> cc_cache{};
+  static std::array<std::atomic<size_t>, 64> smem_cache{};
+  if (device < 0 || device >= 64) return {};
+  const auto d = static_cast<size_t>(device);
+  DeviceInfo info{cc_cache[d].load(std::memory_order_relaxed), smem_cache[d].load(std::memory_order_relaxed)};
+  if (info.cc == 0) {
     auto props = cuda::properties(device);
-    cc = props.major * 10 + props.minor;
-    cache[static_cast<size_t>(device)].store(cc, std::memory_order_relaxed);
+    info = {props.major * 10 + props.minor, props.shared_memory_per_block_optin};
+    smem_cache[d].store(info.smem_optin, std::memory_order_relaxed);
+    cc_cache[d].store(info.cc, std::memory_order_relaxed);
   }
-  return cc;
+  return info;
+}
+
+// The most dynamic shared memory any of the kernels for head dim D asks for (the
+// backward dK/dV kernel: 145 KiB at D = 128, more than sm_86/sm_89 offer).
+template <int D>
+size_t max_smem() {
+  fa::FwdParams f;
+  fa::BwdParams b;
+  size_t m = fa::fwd_shape<bf16, D>(f).smem;
+  m = std::max(m, fa::bwd_dkdv_shape<bf16, D>(b).smem);
+  return std::max(m, fa::bwd_dq_shape<bf16, D>(b).smem);
 }
 
 // [B, H, T, D] with unit stride in D, 16-byte aligned rows (pointer and strides).
@@ -93,8 +113,13 @@ bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v
   if (!layout_ok(q, "q", why) || !layout_ok(k, "k", why) || !layout_ok(v, "v", why)) return false;
   if (q.size(0) > 65535 || q.size(1) > 65535) return fail("more than 65535 batches or heads");
   if (q.size(2) >= (int64_t{1} << 30) || k.size(2) >= (int64_t{1} << 30)) return fail("a sequence of 2^30 or more");
-  const int cc = compute_capability(q.device().index());
-  if (cc < 80) return fail(fmt::format("compute capability {}.{} (the kernels need 8.0 or later)", cc / 10, cc % 10));
+  const DeviceInfo info = device_info(q.device().index());
+  if (info.cc < 80)
+    return fail(fmt::format("compute capability {}.{} (the kernels need 8.0 or later)", info.cc / 10, info.cc % 10));
+  const size_t need = D == 64 ? max_smem<64>() : max_smem<128>();
+  if (info.smem_optin < need)
+    return fail(fmt::format("the kernels for head dim {} need {} bytes of shared memory per block, this GPU offers {}",
+                            D, need, info.smem_optin));
   return true;
 }
 
