@@ -167,6 +167,8 @@ std::string input_problem(const Tensor& q, const Tensor& k, const Tensor& v) {
   if (D > 256) return fmt::format("head dim {} exceeds 256", D);
   if (q.size(2) == 0 || k.size(2) == 0) return "empty sequence";
   if (q.size(2) > INT32_MAX || k.size(2) > INT32_MAX) return "sequence longer than 2^31 - 1";
+  // cudnn-frontend's validate_sdpa_backward_support_surface refuses s_q = s_kv = 1.
+  if (q.size(2) == 1 && k.size(2) == 1) return "Tq = Tk = 1 (cuDNN's fused attention backward does not take it)";
   return {};
 }
 
@@ -274,7 +276,7 @@ void compute_capability(int device, int* major, int* minor) {
 }
 
 // Everything but the causal mask: library, version, architecture, head dim. Empty when fine.
-std::string platform_problem(const Tensor& q) {
+std::string platform_problem(const Tensor& q, const Tensor& k) {
   const Library& lib = library();
   if (!lib.ok) return lib.error;
   const int device = q.device().index();
@@ -290,6 +292,12 @@ std::string platform_problem(const Tensor& q) {
   if (D > 128 && major != 9)
     return fmt::format("head dim {} > 128 is only taken on Hopper (cuda:{} is sm{}{})", D, device, major,
                        minor);
+  // Before 9.15.1 cuDNN's backward could fault (or give NaN) when Tk is not a multiple of
+  // 128 unless a padding mask was added; cudnn-frontend adds one for those versions. This
+  // file does not build that mask, so those lengths need 9.15.1.
+  if (lib.api.version < 91501 && k.size(2) % 128 != 0)
+    return fmt::format("Tk = {} is not a multiple of 128, which needs cuDNN 9.15.1 or later (loaded {})", k.size(2),
+                       sdpa::version_str(lib.api.version));
   return {};
 }
 
@@ -298,6 +306,8 @@ std::string platform_problem(const Tensor& q) {
 std::string causal_problem(int64_t Tq, int64_t Tk) {
   // Tq == Tk: top-left == bottom-right. Tq == 1: the one query sees every key. Tq > Tk: the
   // first Tq - Tk queries see no key and the rest form a square problem (see the launchers).
+  // With Tk = 1 the square problem is 1 x 1, which the backward does not take.
+  if (Tq > Tk && Tk == 1) return "causal with Tk = 1 < Tq (cuDNN's fused attention backward does not take 1 x 1)";
   if (Tq >= Tk || Tq == 1) return {};
   const size_t v = library().api.version;
   const std::string vs = sdpa::version_str(v);
@@ -408,9 +418,7 @@ std::string problem_str(const sdpa::Problem& p, bool backward, float scale) {
 PlanKey plan_key(int device, bool backward, const sdpa::Problem& p, float scale) {
   PlanKey k = {device, backward ? 1 : 0, static_cast<int64_t>(p.io), p.b, p.h, p.sq, p.skv,
                p.d,    p.causal ? 1 : 0, p.bottom_right ? 1 : 0};
-  uint32_t bits = 0;
-  std::memcpy(&bits, &scale, sizeof(bits));
-  k.push_back(static_cast<int64_t>(bits));
+  (void)scale;  // a by-value operand of the variant pack: plans do not depend on it
   auto add = [&](const sdpa::Dims& d) { k.insert(k.end(), d.begin(), d.end()); };
   add(p.q);
   add(p.k);
@@ -442,8 +450,9 @@ std::shared_ptr<Plan> build_plan(cudnnHandle_t handle, bool backward, const sdpa
     if (p.causal) variants.push_back({"mask fill -inf", {ninf}, {}});
   } else {
     // {mask_fill, softmax_sum_virtual, dq_accum, dp_mul_one}
-    variants.push_back({"fp32 softmax_sum + fp32 dQ accumulator", {}, {lowest, false, 1, true}});
-    variants.push_back({"as before without dP * 1", {}, {lowest, false, 1, false}});
+    // The current cudnn-frontend's lowering first, then older ones.
+    variants.push_back({"fp32 softmax_sum + fp32 dQ accumulator", {}, {lowest, false, 1, false}});
+    variants.push_back({"as before with dP * 1", {}, {lowest, false, 1, true}});
     variants.push_back({"virtual softmax_sum + F16x16 dQ accumulator", {}, {lowest, true, 2, true}});
     variants.push_back({"no dQ accumulator", {}, {lowest, false, 0, true}});
   }
@@ -566,7 +575,7 @@ void execute(int device, cudnnHandle_t handle, cudaStream_t stream, const Plan& 
 
 void check_or_throw(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
   std::string why = input_problem(q, k, v);
-  if (why.empty()) why = platform_problem(q);
+  if (why.empty()) why = platform_problem(q, k);
   if (why.empty() && causal) why = causal_problem(q.size(2), k.size(2));
   if (!why.empty())
     throw ValueError(
@@ -602,7 +611,7 @@ Tensor input_operand(const Tensor& t) { return usable(t) ? t : contiguous_copy(t
 bool cudnn_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why) {
   std::string reason = input_problem(q, k, v);
 #ifdef BB_HAVE_CUDNN_HEADERS
-  if (reason.empty()) reason = platform_problem(q);
+  if (reason.empty()) reason = platform_problem(q, k);
   if (reason.empty()) {
     // Creating the handle surfaces driver or device problems now rather than at the first call.
     const int device = q.device().index();
