@@ -4,9 +4,12 @@
 // the same code under the warp emulator (tests/sim).
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <atomic>
 #include <mutex>
+#include <set>
 #include <string>
+#include <tuple>
 
 #include "barbell/cuda/cuda.hpp"
 #include "common.cuh"
@@ -19,23 +22,31 @@ namespace {
 
 const char* kOp = "scaled_dot_product_attention (flash)";
 
-// Compute capability (major * 10 + minor) and the opt-in shared memory per block,
-// cached per device.
+// What the kernels need to know of a device, found once per device: its compute
+// capability (major * 10 + minor), the opt-in shared memory per block, and whether this
+// build has machine code for it (the default build is sm_90a only, and its code does
+// not run on other GPUs).
 struct DeviceInfo {
   int cc = 0;
   size_t smem_optin = 0;
+  bool has_image = false;
 };
 DeviceInfo device_info(int device) {
-  static std::array<std::atomic<int>, 64> cc_cache{};
-  static std::array<std::atomic<size_t>, 64> smem_cache{};
+  static std::mutex mu;
+  static std::array<DeviceInfo, 64> cache{};
   if (device < 0 || device >= 64) return {};
-  const auto d = static_cast<size_t>(device);
-  DeviceInfo info{cc_cache[d].load(std::memory_order_relaxed), smem_cache[d].load(std::memory_order_relaxed)};
+  std::lock_guard<std::mutex> lock(mu);
+  DeviceInfo& info = cache[static_cast<size_t>(device)];
   if (info.cc == 0) {
     auto props = cuda::properties(device);
-    info = {props.major * 10 + props.minor, props.shared_memory_per_block_optin};
-    smem_cache[d].store(info.smem_optin, std::memory_order_relaxed);
-    cc_cache[d].store(info.cc, std::memory_order_relaxed);
+    int prev = -1;
+    BB_CUDA_CHECK(cudaGetDevice(&prev));
+    if (prev != device) BB_CUDA_CHECK(cudaSetDevice(device));
+    cudaFuncAttributes attr{};
+    const bool image = cudaFuncGetAttributes(&attr, fa::fwd_kernel<bf16, 64, false>) == cudaSuccess;
+    (void)cudaGetLastError();  // a missing image is an answer here, not an error
+    if (prev != device) BB_CUDA_CHECK(cudaSetDevice(prev));
+    info = {props.major * 10 + props.minor, props.shared_memory_per_block_optin, image};
   }
   return info;
 }
@@ -74,11 +85,23 @@ void check_launch_dims(const Tensor& q, const Tensor& k) {
            "{}: sequence lengths must be below 2^30: q {}, k {}", kOp, shape_str(q.shape()), shape_str(k.shape()));
 }
 
+// Raises a kernel's dynamic shared memory limit on the current device, once per
+// (kernel, device, size).
+void allow_smem(const void* kernel, size_t bytes) {
+  static std::mutex mu;
+  static std::set<std::tuple<const void*, int, size_t>> done;
+  int device = -1;
+  BB_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mu);
+  if (done.count({kernel, device, bytes})) return;
+  BB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  done.insert({kernel, device, bytes});
+}
+
 template <typename Kernel, typename Params>
 void launch(Kernel kernel, const fa::LaunchShape& s, const Params& p, cudaStream_t stream) {
   if (s.grid_x == 0 || s.grid_y == 0 || s.grid_z == 0) return;
-  if (s.smem > 48 * 1024)
-    BB_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(s.smem)));
+  if (s.smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(kernel), s.smem);
   kernel<<<dim3(s.grid_x, s.grid_y, s.grid_z), s.threads, s.smem, stream>>>(p);
   BB_CUDA_LAUNCH_CHECK();
 }
@@ -114,6 +137,10 @@ bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v
   if (q.size(0) > 65535 || q.size(1) > 65535) return fail("more than 65535 batches or heads");
   if (q.size(2) >= (int64_t{1} << 30) || k.size(2) >= (int64_t{1} << 30)) return fail("a sequence of 2^30 or more");
   const DeviceInfo info = device_info(q.device().index());
+  if (!info.has_image)
+    return fail(fmt::format("this build has no machine code for {} (compute capability {}.{}; built for "
+                            "CMAKE_CUDA_ARCHITECTURES, sm_90a by default)",
+                            q.device().str(), info.cc / 10, info.cc % 10));
   if (info.cc < 80)
     return fail(fmt::format("compute capability {}.{} (the kernels need 8.0 or later)", info.cc / 10, info.cc % 10));
   const size_t need = D == 64 ? max_smem<64>() : max_smem<128>();
@@ -146,7 +173,10 @@ void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q
   p.Tq = static_cast<int>(q.size(2));
   p.Tk = static_cast<int>(k.size(2));
   p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal;
+  BB_CHECK(p.scale > 0 && std::isfinite(p.scale), ValueError, "{}: the softmax scale must be positive, got {}", kOp,
+           scale);
   if (p.B == 0 || p.H == 0 || p.Tq == 0) return;
   cudaStream_t stream = stream_for(q);
   dispatch(q.dtype(), q.size(3), [&](auto tag, auto dim) {
@@ -192,7 +222,10 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
   p.Tq = static_cast<int>(Tq);
   p.Tk = static_cast<int>(k.size(2));
   p.scale = static_cast<float>(scale);
+  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
   p.causal = causal;
+  BB_CHECK(p.scale > 0 && std::isfinite(p.scale), ValueError, "{} backward: the softmax scale must be positive, got {}",
+           kOp, scale);
   if (B == 0 || H == 0) return;
   if (Tq == 0) {  // no query: every key gets no gradient
     fill(dk, 0.0);

@@ -138,20 +138,31 @@ BB_FA_KERNEL(BwdCfg<D>::NW * 32) bwd_dkdv_kernel(const BwdParams p) {
   load_tile<T, BN, D, NTH>(Vs, vh + static_cast<int64_t>(n0) * p.sv.t, p.sv.t, p.Tk - n0, vh, tid);
   cp_async_commit();
 
-  // Loads query block mb into buffer buf: Q and dO by cp.async, lse and delta by plain
-  // loads (they are read only after the next barrier).
-  auto load_query_block = [&](int mb, int buf) {
+  // Query block mb into buffer buf: Q and dO by cp.async; lse and delta are read into
+  // registers when the block is prefetched and stored to shared memory just before the
+  // barrier that ends the iteration, so no warp waits on their global loads.
+  auto load_query_tiles = [&](int mb, int buf) {
     const int m0 = mb * BM;
     load_tile<T, BM, D, NTH>(Qs + buf * BM * D, qh + static_cast<int64_t>(m0) * p.sq.t, p.sq.t, p.Tq - m0, qh, tid);
     load_tile<T, BM, D, NTH>(dOs + buf * BM * D, doh + static_cast<int64_t>(m0) * p.sdo.t, p.sdo.t, p.Tq - m0, doh,
                              tid);
+  };
+  float next_lse = 0.f, next_delta = 0.f;  // thread tid < BM: row tid of the prefetched block
+  auto load_row_stats = [&](int mb) {
+    const int i = mb * BM + tid;
     if (tid < BM) {
-      const int i = m0 + tid;
-      lse_s[buf * BM + tid] = i < p.Tq ? p.lse[rowbase + i] * kLog2e : INFINITY;
-      delta_s[buf * BM + tid] = i < p.Tq ? p.delta[rowbase + i] : 0.f;
+      next_lse = i < p.Tq ? p.lse[rowbase + i] * kLog2e : INFINITY;
+      next_delta = i < p.Tq ? p.delta[rowbase + i] : 0.f;
     }
   };
-  if (mfirst < mblocks) load_query_block(mfirst, 0);
+  if (mfirst < mblocks) {
+    load_query_tiles(mfirst, 0);
+    load_row_stats(mfirst);
+    if (tid < BM) {
+      lse_s[tid] = next_lse;
+      delta_s[tid] = next_delta;
+    }
+  }
   cp_async_commit();
 
   float dk[NO][4], dv[NO][4];
@@ -159,7 +170,7 @@ BB_FA_KERNEL(BwdCfg<D>::NW * 32) bwd_dkdv_kernel(const BwdParams p) {
   for (int n = 0; n < NO; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.f;
-  const float sl2 = p.scale * kLog2e;
+  const float sl2 = p.scale_log2;
   const int krow = warp * 16;  // the warp's first key row in the block
   const LdRows<D> ra = rows_a<D>(lane), rnk = rows_nk<D>(lane), rkn = rows_kn<D>(lane);
   const LdRows<BM> rds = rows_nk<BM>(lane);  // dS^T [BN][BM], read as A^T
@@ -167,7 +178,10 @@ BB_FA_KERNEL(BwdCfg<D>::NW * 32) bwd_dkdv_kernel(const BwdParams p) {
   for (int mb = mfirst; mb < mblocks; ++mb) {
     const int buf = (mb - mfirst) & 1;
     const int m0 = mb * BM;
-    if (mb + 1 < mblocks) load_query_block(mb + 1, buf ^ 1);  // buf ^ 1 was released by the last barrier
+    if (mb + 1 < mblocks) {  // buf ^ 1 was released by the last barrier
+      load_query_tiles(mb + 1, buf ^ 1);
+      load_row_stats(mb + 1);
+    }
     cp_async_commit();
     cp_async_wait<1>();  // K, V and this query block have landed
     block_sync();
@@ -276,7 +290,11 @@ BB_FA_KERNEL(BwdCfg<D>::NW * 32) bwd_dkdv_kernel(const BwdParams p) {
         }
       }
     }
-    block_sync();  // this buffer, dSs and lse/delta may be overwritten from here on
+    if (mb + 1 < mblocks && tid < BM) {  // nobody reads buffer buf ^ 1 in this iteration
+      lse_s[(buf ^ 1) * BM + tid] = next_lse;
+      delta_s[(buf ^ 1) * BM + tid] = next_delta;
+    }
+    block_sync();  // this buffer and dSs may be overwritten, the next block's stats are visible
   }
   cp_async_wait<0>();
 
@@ -366,7 +384,7 @@ BB_FA_KERNEL(BwdDqCfg<D>::NW * 32) bwd_dq_kernel(const BwdParams p) {
   float dq[NO][4];
 #pragma unroll
   for (int n = 0; n < NO; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
-  const float sl2 = p.scale * kLog2e;
+  const float sl2 = p.scale_log2;
 
   for (int nb = 0; nb < nblocks; ++nb) {
     const int buf = nb & 1;

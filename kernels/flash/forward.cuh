@@ -6,8 +6,8 @@
 //   online softmax     (row max and sum in fp32 registers; a row lives in the 4 lanes
 //                       of a quad, so its reductions are two shuffles)
 //   O += P V           (P goes from the S accumulators straight into A fragments)
-// while cp.async brings in the next K (during the softmax and P V) and the next V
-// (during the next S). O is divided by the row sum at the end; the logsumexp
+// while cp.async brings in this block's V (during S and the softmax) and the next K
+// (during P V). O is divided by the row sum at the end; the logsumexp
 // m * scale + ln(l) is saved for the backward pass.
 //
 // The structure is kept open to the Hopper path (wgmma, TMA, warp specialisation):
@@ -75,12 +75,13 @@ BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
   T* Ks = Qs + BM * D;
   T* Vs = Ks + BN * D;
 
-  // Group 1: Q and the first K; group 2: the first V. Every step commits exactly one
-  // group (possibly empty), so wait<1> always means "all but the newest".
+  // Two barriers per key block (FlashAttention-2's schedule): at the first, K_nb has
+  // landed and every warp is done with V_{nb-1}, so V_nb is issued and lands during
+  // S = Q K^T and the softmax; at the second, V_nb has landed and every warp is done
+  // with K_nb, so K_{nb+1} is issued and lands during O += P V. Only one group is ever
+  // in flight at a barrier, so every wait is wait<0>.
   load_tile<T, BM, D, NTH>(Qs, qh + static_cast<int64_t>(q0) * p.sq.t, p.sq.t, p.Tq - q0, qh, tid);
   if (nblocks > 0) load_tile<T, BN, D, NTH>(Ks, kh, p.sk.t, p.Tk, kh, tid);
-  cp_async_commit();
-  if (nblocks > 0) load_tile<T, BN, D, NTH>(Vs, vh, p.sv.t, p.Tk, vh, tid);
   cp_async_commit();
 
   float o[MT][NO][4];
@@ -92,14 +93,16 @@ BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
     row_max[mt][0] = row_max[mt][1] = -INFINITY;
     row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
-  const float sl2 = p.scale * kLog2e;
+  const float sl2 = p.scale_log2;
   const int wrow = warp * MT * 16;  // the warp's first row in the block
   const LdRows<D> ra = rows_a<D>(lane), rnk = rows_nk<D>(lane), rkn = rows_kn<D>(lane);
 
   for (int nb = 0; nb < nblocks; ++nb) {
     const int k0 = nb * BN;
-    cp_async_wait<1>();  // Q and this K have landed (this V may still be in flight)
-    block_sync();
+    cp_async_wait<0>();  // Q and K_nb have landed
+    block_sync();        // ... for every thread; and every warp is done with V_{nb-1}
+    load_tile<T, BN, D, NTH>(Vs, vh + static_cast<int64_t>(k0) * p.sv.t, p.sv.t, p.Tk - k0, vh, tid);
+    cp_async_commit();
 
     // S = Q K^T
     float s[MT][NS][4];
@@ -123,12 +126,6 @@ BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
         }
       }
     }
-    block_sync();  // every warp is done with Ks: bring in the next K
-    if (nb + 1 < nblocks) {
-      const int kn = k0 + BN;
-      load_tile<T, BN, D, NTH>(Ks, kh + static_cast<int64_t>(kn) * p.sk.t, p.sk.t, p.Tk - kn, kh, tid);
-    }
-    cp_async_commit();
 
     // Mask (key padding past Tk, and the causal triangle) and the online softmax.
     const bool need_mask = (k0 + BN > p.Tk) || (Causal && k0 + BN - 1 > q0 + off);
@@ -147,12 +144,12 @@ BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
               const int j = k0 + n * 8 + 2 * t4 + e;
               if (j >= p.Tk || (Causal && j > i + off)) x = -INFINITY;
             }
-            mx = fmax2(mx, x);
+            mx = fmaxf(mx, x);
           }
         }
-        mx = fmax2(mx, shfl_xor(mx, 1));
-        mx = fmax2(mx, shfl_xor(mx, 2));
-        const float m_new = fmax2(row_max[mt][r], mx);
+        mx = fmaxf(mx, shfl_xor(mx, 1));
+        mx = fmaxf(mx, shfl_xor(mx, 2));
+        const float m_new = fmaxf(row_max[mt][r], mx);
         // A row that has seen no key yet keeps max -inf; exponents are taken against 0
         // then (every exp is of -inf: 0) so no inf - inf appears.
         const float m_ref = m_new == -INFINITY ? 0.f : m_new * sl2;
@@ -177,8 +174,13 @@ BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
       }
     }
 
-    cp_async_wait<1>();  // this V has landed (the next K may still be in flight)
-    block_sync();
+    cp_async_wait<0>();  // V_nb has landed
+    block_sync();        // ... for every thread; and every warp is done with K_nb
+    if (nb + 1 < nblocks) {
+      const int kn = k0 + BN;
+      load_tile<T, BN, D, NTH>(Ks, kh + static_cast<int64_t>(kn) * p.sk.t, p.sk.t, p.Tk - kn, kh, tid);
+    }
+    cp_async_commit();
 
     // O += P V
 #pragma unroll
@@ -197,12 +199,6 @@ BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
         }
       }
     }
-    block_sync();  // every warp is done with Vs: bring in the next V
-    if (nb + 1 < nblocks) {
-      const int kn = k0 + BN;
-      load_tile<T, BN, D, NTH>(Vs, vh + static_cast<int64_t>(kn) * p.sv.t, p.sv.t, p.Tk - kn, vh, tid);
-    }
-    cp_async_commit();
   }
   cp_async_wait<0>();
 

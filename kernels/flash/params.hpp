@@ -21,7 +21,8 @@ struct FwdParams {
   float* lse = nullptr;  // [B, H, Tq] contiguous, natural log; -inf for a query that sees no key
   Strides sq, sk, sv, so;
   int B = 0, H = 0, Tq = 0, Tk = 0;
-  float scale = 0;  // softmax scale (1/sqrt(D) by default)
+  float scale = 0;       // softmax scale (1/sqrt(D) by default); > 0
+  float scale_log2 = 0;  // scale * log2(e): the kernels exponentiate with exp2
   bool causal = false;
 };
 
@@ -40,6 +41,7 @@ struct BwdParams {
   Strides sq, sk, sv, so, sdo, sdq, sdk, sdv;
   int B = 0, H = 0, Tq = 0, Tk = 0;
   float scale = 0;
+  float scale_log2 = 0;  // scale * log2(e)
   bool causal = false;
 };
 

@@ -87,13 +87,16 @@ BB_FA_DEVICE void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, 
 // and gmem is not read (it must still be a valid address).
 BB_FA_DEVICE void cp_async_16(void* smem, const void* gmem, bool pred) {
   const int src_bytes = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(src_bytes)
+               : "memory");
 }
-BB_FA_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// The "memory" clobbers keep the compiler from moving ordinary loads and stores across
+// the copies and waits (the kernels put a barrier after every wait anyway).
+BB_FA_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
 BB_FA_DEVICE void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 BB_FA_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }

@@ -148,8 +148,16 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
 
 AttentionOutput attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                std::optional<double> scale, AttentionBackend backend, bool want_lse) {
-  const AttentionBackend b = resolve_attention_backend(q, k, v, backend, causal);
+  AttentionBackend b = resolve_attention_backend(q, k, v, backend, causal);
   const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  // The flash kernels take a positive finite scale (their masking and running maxima
+  // assume it); Auto sends anything else to Math.
+  if (b == AttentionBackend::Flash && !(s > 0 && std::isfinite(s))) {
+    BB_CHECK(backend == AttentionBackend::Auto, ValueError,
+             "{}: the flash backend takes a positive finite scale, got {} (q {}, k {}, v {})", kOp, s,
+             shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
+    b = AttentionBackend::Math;
+  }
   if (b == AttentionBackend::Math) return math_attention(q, k, v, causal, s, want_lse);
   return fused_attention(b, q, k, v, causal, s);
 }

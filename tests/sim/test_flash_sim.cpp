@@ -332,6 +332,7 @@ struct Run {
     fp.q = qp, fp.k = kp, fp.v = vp, fp.o = o.p, fp.lse = lse.p;
     fp.sq = vq.s, fp.sk = vk.s, fp.sv = vv.s, fp.so = vo.s;
     fp.B = B, fp.H = H, fp.Tq = Tq, fp.Tk = Tk, fp.scale = scale, fp.causal = Causal;
+    fp.scale_log2 = scale * kLog2e;
     bool ok = true;
     launch_named(
         cfg, "fwd_kernel", fwd_shape<T, D>(fp), [&] { fwd_kernel<T, D, Causal>(fp); }, ok);
@@ -373,6 +374,7 @@ struct Run {
     bp.sq = vq.s, bp.sk = vk.s, bp.sv = vv.s, bp.so = vo.s, bp.sdo = vo.s;
     bp.sdq = vq.s, bp.sdk = vk.s, bp.sdv = vv.s;
     bp.B = B, bp.H = H, bp.Tq = Tq, bp.Tk = Tk, bp.scale = scale, bp.causal = Causal;
+    bp.scale_log2 = scale * kLog2e;
 
     std::vector<double> dq_atomic(nq), dk_atomic(nk), dv_atomic(nk);
     std::vector<double> dq_det(nq), dk_det(nk), dv_det(nk);

@@ -84,7 +84,9 @@ Tensor tril_mask(int64_t rows, int64_t cols, Device device = Device::cpu());
 //   Auto:  Flash where it applies (CUDA tensors, bf16/f16, head dim 64 or 128, unit
 //          stride in D, 16-byte aligned rows), else Math.
 //   Flash: barbell's fused kernels (tiled online softmax on the tensor cores; the
-//          forward saves the logsumexp, the backward recomputes the probabilities).
+//          forward saves the logsumexp, the backward recomputes the probabilities);
+//          sm_80 or later with enough shared memory per block (sm_80, sm_90), and a
+//          positive scale.
 //   Cudnn: cuDNN's fused SDPA through its graph API (CUDA, bf16/f16; libcudnn.so.9 is
 //          loaded at first use and need not be present otherwise).
 //   Math:  the plain composition softmax(q k^T * scale [+ mask]) v of the ops above;
