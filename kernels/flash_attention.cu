@@ -14,8 +14,8 @@
 #include "barbell/cuda/cuda.hpp"
 #include "common.cuh"
 #include "cuda/kernels.hpp"
-#include "flash/backward.cuh"
-#include "flash/forward.cuh"
+#include "flash/schedule.hpp"
+#include "flash/tensor_params.hpp"
 
 namespace barbell::gpu {
 namespace {
@@ -75,8 +75,6 @@ bool layout_ok(const Tensor& t, const char* name, std::string* why) {
   if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return fail("does not start on a 16-byte boundary");
   return true;
 }
-
-fa::Strides strides_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
 
 void check_launch_dims(const Tensor& q, const Tensor& k) {
   BB_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535, ShapeError,
@@ -158,23 +156,7 @@ void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q
   BB_CHECK(lse.is_contiguous() && lse.dtype() == DType::F32, ValueError, "{}: lse must be contiguous f32, got {} {}",
            kOp, dtype_name(lse.dtype()), shape_str(lse.shape()));
   check_launch_dims(q, k);
-  fa::FwdParams p;
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.o = o.data_ptr();
-  p.lse = static_cast<float*>(lse.data_ptr());
-  p.sq = strides_of(q);
-  p.sk = strides_of(k);
-  p.sv = strides_of(v);
-  p.so = strides_of(o);
-  p.B = static_cast<int>(q.size(0));
-  p.H = static_cast<int>(q.size(1));
-  p.Tq = static_cast<int>(q.size(2));
-  p.Tk = static_cast<int>(k.size(2));
-  p.scale = static_cast<float>(scale);
-  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  p.causal = causal;
+  const fa::FwdParams p = fa::fwd_params(o, lse, q, k, v, causal, scale);
   BB_CHECK(p.scale > 0 && std::isfinite(p.scale), ValueError, "{}: the softmax scale must be positive, got {}", kOp,
            scale);
   if (p.B == 0 || p.H == 0 || p.Tq == 0) return;
@@ -182,9 +164,7 @@ void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q
   dispatch(q.dtype(), q.size(3), [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int D = decltype(dim)::value;
-    const auto shape = fa::fwd_shape<T, D>(p);
-    if (causal) launch(fa::fwd_kernel<T, D, true>, shape, p, stream);
-    else launch(fa::fwd_kernel<T, D, false>, shape, p, stream);
+    fa::run_forward<T, D>(p, [&](auto kernel, const fa::LaunchShape& s) { launch(kernel, s, p, stream); });
   });
 }
 
@@ -199,31 +179,7 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
            "{} backward: lse must be contiguous f32, got {} {}", kOp, dtype_name(lse.dtype()), shape_str(lse.shape()));
   check_launch_dims(q, k);
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3);
-  fa::BwdParams p;
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.o = o.data_ptr();
-  p.dout = dout.data_ptr();
-  p.lse = static_cast<const float*>(lse.data_ptr());
-  p.dq = dq.data_ptr();
-  p.dk = dk.data_ptr();
-  p.dv = dv.data_ptr();
-  p.sq = strides_of(q);
-  p.sk = strides_of(k);
-  p.sv = strides_of(v);
-  p.so = strides_of(o);
-  p.sdo = strides_of(dout);
-  p.sdq = strides_of(dq);
-  p.sdk = strides_of(dk);
-  p.sdv = strides_of(dv);
-  p.B = static_cast<int>(B);
-  p.H = static_cast<int>(H);
-  p.Tq = static_cast<int>(Tq);
-  p.Tk = static_cast<int>(k.size(2));
-  p.scale = static_cast<float>(scale);
-  p.scale_log2 = static_cast<float>(scale * 1.4426950408889634);
-  p.causal = causal;
+  fa::BwdParams p = fa::bwd_params(dq, dk, dv, dout, q, k, v, o, lse, nullptr, nullptr, causal, scale);
   BB_CHECK(p.scale > 0 && std::isfinite(p.scale), ValueError, "{} backward: the softmax scale must be positive, got {}",
            kOp, scale);
   if (B == 0 || H == 0) return;
@@ -242,19 +198,8 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
   dispatch(q.dtype(), D, [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int Dh = decltype(dim)::value;
-    launch(fa::bwd_preprocess_kernel<T, Dh>, fa::bwd_preprocess_shape<T, Dh>(p), p, stream);
-    const auto kv = fa::bwd_dkdv_shape<T, Dh>(p);
-    if (deterministic) {
-      if (causal) launch(fa::bwd_dkdv_kernel<T, Dh, true, false>, kv, p, stream);
-      else launch(fa::bwd_dkdv_kernel<T, Dh, false, false>, kv, p, stream);
-      const auto qs = fa::bwd_dq_shape<T, Dh>(p);
-      if (causal) launch(fa::bwd_dq_kernel<T, Dh, true>, qs, p, stream);
-      else launch(fa::bwd_dq_kernel<T, Dh, false>, qs, p, stream);
-    } else {
-      if (causal) launch(fa::bwd_dkdv_kernel<T, Dh, true, true>, kv, p, stream);
-      else launch(fa::bwd_dkdv_kernel<T, Dh, false, true>, kv, p, stream);
-      launch(fa::bwd_dq_convert_kernel<T, Dh>, fa::bwd_dq_convert_shape<T, Dh>(p), p, stream);
-    }
+    fa::run_backward<T, Dh>(p, deterministic,
+                            [&](auto kernel, const fa::LaunchShape& s) { launch(kernel, s, p, stream); });
   });
   // The workspaces go back to the stream-ordered pool here; their memory is reused
   // only by work queued after these kernels on this stream.
