@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "barbell/cuda/cuda.hpp"
+#include "ops/attention_hooks.hpp"
 #include "ops/common.hpp"
 
 namespace barbell {
@@ -20,6 +21,34 @@ namespace {
 
 const char* kOp = "scaled_dot_product_attention";
 std::atomic<bool> g_deterministic{false};
+detail::CpuFlashHooks g_cpu_flash;  // tests only (attention_hooks.hpp)
+
+// The flash kernels' layout: unit stride in D, strides in multiples of 8 elements,
+// 16-byte aligned rows (anything else, e.g. an incoming gradient from a permuted view,
+// is copied first).
+bool fused_layout_ok(const Tensor& t) {
+  if (t.size(3) > 1 && t.stride(3) != 1) return false;
+  for (int d = 0; d < 3; ++d)
+    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return false;
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+// What the emulated CPU Flash path takes: the kernels' dtypes, head dims and layout.
+bool cpu_flash_ok(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why) {
+  if (q.dtype() != DType::BF16 && q.dtype() != DType::F16) {
+    *why = fmt::format("dtype {} (the kernels take bf16 or f16)", dtype_name(q.dtype()));
+    return false;
+  }
+  if (q.size(3) != 64 && q.size(3) != 128) {
+    *why = fmt::format("head dim {} (the kernels take 64 or 128)", q.size(3));
+    return false;
+  }
+  if (!fused_layout_ok(q) || !fused_layout_ok(k) || !fused_layout_ok(v)) {
+    *why = "q, k, v need unit stride in D, strides in multiples of 8 and 16-byte aligned rows";
+    return false;
+  }
+  return true;
+}
 
 // The causal mask, built once per (Tq, Tk, device, stream) and thread: every layer of
 // every step reuses it instead of filling Tq x Tk values on the host and copying them
@@ -59,6 +88,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 // Whether a fused backend can run these inputs; the reason otherwise.
 bool fused_ok(AttentionBackend b, const Tensor& q, const Tensor& k, const Tensor& v, bool causal, std::string* why) {
+  if (q.is_cpu() && b == AttentionBackend::Flash && g_cpu_flash.forward) return cpu_flash_ok(q, k, v, why);
   if (!q.is_cuda()) {
     *why = fmt::format("it runs on CUDA tensors and q {} is on {}", shape_str(q.shape()), q.device().str());
     return false;
@@ -89,40 +119,53 @@ AttentionOutput math_attention(const Tensor& q, const Tensor& k, const Tensor& v
   return r;
 }
 
-#if defined(BARBELL_WITH_CUDA)
 // A [B, H, T, D] tensor stored as [B, T, H, D]: the layout the fused kernels write,
 // which the GPT's y.transpose(1, 2).reshape({B, T, C}) turns into [B, T, C] for free.
 Tensor bthd(int64_t B, int64_t H, int64_t T, int64_t D, const TensorOptions& o) {
   return empty({B, T, H, D}, o).transpose(1, 2);
 }
 
-// The fused kernels want unit stride in D and 16-byte aligned rows; anything else
-// (e.g. an incoming gradient from a permuted view) is copied first.
-bool fused_layout_ok(const Tensor& t) {
-  if (t.size(3) > 1 && t.stride(3) != 1) return false;
-  for (int d = 0; d < 3; ++d)
-    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return false;
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
 Tensor fused_layout(const Tensor& t) {
   if (fused_layout_ok(t)) return t;
-  const int64_t B = t.size(0), H = t.size(1), T = t.size(2), D = t.size(3);
-  Tensor c = bthd(B, H, T, D, t.options());
-  gpu::copy(c, t);
+  Tensor c = bthd(t.size(0), t.size(1), t.size(2), t.size(3), t.options());
+  NoGradGuard ng;
+  c.copy_(t);
   return c;
 }
+
+void fused_forward(bool flash, const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                   bool causal, double s) {
+  if (q.is_cpu()) return g_cpu_flash.forward(o, lse, q, k, v, causal, s);  // fused_ok checked it is set
+#if defined(BARBELL_WITH_CUDA)
+  if (flash) gpu::flash_attention_forward(o, lse, q, k, v, causal, s);
+  else gpu::cudnn_attention_forward(o, lse, q, k, v, causal, s);
+#else
+  (void)flash, (void)o, (void)lse, (void)k, (void)v, (void)causal, (void)s;
+  detail::no_cuda_build(kOp, q);
 #endif
+}
+
+void fused_backward(bool flash, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& go,
+                    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse, bool causal,
+                    double s) {
+  if (q.is_cpu()) return g_cpu_flash.backward(dq, dk, dv, go, q, k, v, o, lse, causal, s, deterministic_attention());
+#if defined(BARBELL_WITH_CUDA)
+  if (flash) gpu::flash_attention_backward(dq, dk, dv, go, q, k, v, o, lse, causal, s, deterministic_attention());
+  else gpu::cudnn_attention_backward(dq, dk, dv, go, q, k, v, o, lse, causal, s);
+#else
+  (void)flash, (void)dq, (void)dk, (void)dv, (void)go, (void)k, (void)v, (void)o, (void)lse, (void)causal, (void)s;
+  detail::no_cuda_build(kOp, q);
+#endif
+}
 
 AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, const Tensor& k_in, const Tensor& v_in,
                                 bool causal, double s) {
-#if defined(BARBELL_WITH_CUDA)
   const int64_t B = q_in.size(0), H = q_in.size(1), Tq = q_in.size(2), Tk = k_in.size(2), D = q_in.size(3);
   Tensor q = q_in.detach(), k = k_in.detach(), v = v_in.detach();
   Tensor o = bthd(B, H, Tq, D, q.options());
   Tensor lse = empty({B, H, Tq}, {DType::F32, q.device()});
   const bool flash = backend == AttentionBackend::Flash;
-  if (flash) gpu::flash_attention_forward(o, lse, q, k, v, causal, s);
-  else gpu::cudnn_attention_forward(o, lse, q, k, v, causal, s);
+  fused_forward(flash, o, lse, q, k, v, causal, s);
   AttentionOutput r{o, lse};
   Tensor od = o.detach();
   autograd::record(flash ? "scaled_dot_product_attention (flash)" : "scaled_dot_product_attention (cudnn)", r.out,
@@ -133,17 +176,10 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
                      Tensor dq = bthd(B, H, Tq, D, q.options());
                      Tensor dk = bthd(B, H, Tk, D, q.options());
                      Tensor dv = bthd(B, H, Tk, D, q.options());
-                     if (flash)
-                       gpu::flash_attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s,
-                                                     deterministic_attention());
-                     else gpu::cudnn_attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s);
+                     fused_backward(flash, dq, dk, dv, go, q, k, v, od, lse, causal, s);
                      return {dq, dk, dv};
                    });
   return r;
-#else
-  (void)backend, (void)k_in, (void)v_in, (void)causal, (void)s;
-  detail::no_cuda_build(kOp, q_in);
-#endif
 }
 
 AttentionOutput attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
@@ -206,6 +242,8 @@ AttentionOutput scaled_dot_product_attention_lse(const Tensor& q, const Tensor& 
 }
 
 void set_deterministic_attention(bool on) { g_deterministic.store(on); }
+
+void detail::set_cpu_flash_hooks(const CpuFlashHooks& hooks) { g_cpu_flash = hooks; }
 bool deterministic_attention() { return g_deterministic.load(); }
 
 }  // namespace barbell
