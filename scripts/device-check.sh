@@ -188,6 +188,29 @@ else
 fi
 sed -i "1a gpu: ${GPU_NAME:-none}   commit: $COMMIT" "$SUMMARY"
 
+# ---- cuDNN (for the Cudnn attention backend, opened with dlopen) -----------------------
+# The machine has no cuDNN package, but PyTorch's wheels bring libcudnn.so.9 (and the
+# NVRTC its runtime-compiled engines need). Point barbell at them unless told otherwise.
+if [[ -z ${BARBELL_CUDNN_LIBRARY:-} ]]; then
+  cudnn_lib=$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libcudnn\.so\.9$' | head -1)
+  if [[ -z $cudnn_lib ]]; then
+    site=$(timeout 30 python3 -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
+    for d in $site /usr/local/cuda/lib64 /usr/local/cuda/lib; do
+      for f in "$d"/nvidia/cudnn/lib/libcudnn.so.9 "$d"/torch/lib/libcudnn.so.9 "$d"/libcudnn.so.9; do
+        [[ -f $f ]] && { cudnn_lib=$f; break 2; }
+      done
+    done
+  fi
+  if [[ -n $cudnn_lib ]]; then
+    export BARBELL_CUDNN_LIBRARY=$cudnn_lib
+    extra=$(dirname "$cudnn_lib")
+    nvrtc=$(ls -d "$(dirname "$(dirname "$extra")")"/cuda_nvrtc/lib 2>/dev/null | head -1)
+    [[ -n $nvrtc ]] && extra="$extra:$nvrtc"
+    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$extra"
+  fi
+fi
+echo "cudnn: ${BARBELL_CUDNN_LIBRARY:-not found (the Cudnn backend will report itself unavailable)}" >>"$ENV_TXT"
+
 # ---- binaries ------------------------------------------------------------------------
 # CUDA's library directories and the driver's, ahead of anything else on the machine.
 cuda_dirs=""
