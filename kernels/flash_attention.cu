@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <atomic>
 #include <mutex>
 #include <set>
@@ -57,7 +58,7 @@ template <int D>
 size_t max_smem() {
   fa::FwdParams f;
   fa::BwdParams b;
-  size_t m = fa::fwd_shape<bf16, D>(f).smem;
+  size_t m = std::max(fa::fwd_shape<bf16, D, 0>(f).smem, fa::fwd_shape<bf16, D, 1>(f).smem);
   m = std::max(m, fa::bwd_dkdv_shape<bf16, D>(b).smem);
   return std::max(m, fa::bwd_dq_shape<bf16, D>(b).smem);
 }
@@ -102,6 +103,13 @@ void launch(Kernel kernel, const fa::LaunchShape& s, const Params& p, cudaStream
   if (s.smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(kernel), s.smem);
   kernel<<<dim3(s.grid_x, s.grid_y, s.grid_z), s.threads, s.smem, stream>>>(p);
   BB_CUDA_LAUNCH_CHECK();
+}
+
+// The forward's tile configuration: $BARBELL_FLASH_FWD_TILES (0, the default, or 1; see
+// FwdCfg in flash/forward.cuh), read at every call so a benchmark can switch it.
+int forward_variant() {
+  const char* e = std::getenv("BARBELL_FLASH_FWD_TILES");
+  return e && e[0] == '1' ? 1 : 0;
 }
 
 // Calls f(Tag<T>{}, int_constant<D>) for the supported dtypes and head dims.
@@ -164,7 +172,8 @@ void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q
   dispatch(q.dtype(), q.size(3), [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int D = decltype(dim)::value;
-    fa::run_forward<T, D>(p, [&](auto kernel, const fa::LaunchShape& s) { launch(kernel, s, p, stream); });
+    fa::run_forward<T, D>(p, [&](auto kernel, const fa::LaunchShape& s) { launch(kernel, s, p, stream); },
+                          forward_variant());
   });
 }
 

@@ -20,27 +20,38 @@
 
 namespace barbell::gpu::fa {
 
-template <int D>
-struct FwdCfg;
 // Tile sizes: BM queries per block, BN keys per step, NW warps. Each warp owns
 // 16 * MT = BM / NW query rows, so its share of K and V in shared memory is read once
 // per MT m-tiles: MT = 2 halves the shared-memory traffic per flop against MT = 1.
-// With D = 128 the O accumulators alone are then 128 registers per thread; BN = 32
-// keeps the S tile small enough that nothing spills (nvcc 13, sm_90a: 255 registers,
-// no spills; BN = 64 spilled 96-208 bytes). D = 64 fits BN = 64 (236 registers).
-// These are first choices made without a GPU at hand: bench_attention decides.
+// Variant 0 (the default) is MT = 2. With D = 128 the O accumulators alone are then 128
+// registers per thread, and BN = 32 keeps the S tile small enough not to spill (nvcc 13,
+// sm_90a; BN = 64 spilled 96-208 bytes); D = 64 fits BN = 64. Variant 1 is MT = 1 with
+// 8 warps and twice the keys per step: more shared-memory traffic, half the barriers
+// and softmax rescales per key. These are choices made without a GPU at hand: the
+// launcher takes $BARBELL_FLASH_FWD_TILES=1 to run variant 1, so bench_attention can
+// measure both.
+template <int D, int V>
+struct FwdCfg;
 template <>
-struct FwdCfg<64> {
+struct FwdCfg<64, 0> {
   static constexpr int BM = 128, BN = 64, NW = 4;
 };
 template <>
-struct FwdCfg<128> {
+struct FwdCfg<128, 0> {
   static constexpr int BM = 128, BN = 32, NW = 4;
 };
+template <>
+struct FwdCfg<64, 1> {
+  static constexpr int BM = 128, BN = 128, NW = 8;
+};
+template <>
+struct FwdCfg<128, 1> {
+  static constexpr int BM = 128, BN = 64, NW = 8;
+};
 
-template <typename T, int D>
+template <typename T, int D, int V = 0>
 inline LaunchShape fwd_shape(const FwdParams& p) {
-  using C = FwdCfg<D>;
+  using C = FwdCfg<D, V>;
   LaunchShape s;
   s.grid_x = (p.Tq + C::BM - 1) / C::BM;
   s.grid_y = p.H;
@@ -50,9 +61,9 @@ inline LaunchShape fwd_shape(const FwdParams& p) {
   return s;
 }
 
-template <typename T, int D, bool Causal>
-BB_FA_KERNEL(FwdCfg<D>::NW * 32) fwd_kernel(const FwdParams p) {
-  using C = FwdCfg<D>;
+template <typename T, int D, bool Causal, int V = 0>
+BB_FA_KERNEL((FwdCfg<D, V>::NW * 32)) fwd_kernel(const FwdParams p) {
+  using C = FwdCfg<D, V>;
   constexpr int BM = C::BM, BN = C::BN, NW = C::NW, NTH = NW * 32;
   constexpr int MT = BM / (16 * NW);  // 16-row m-tiles per warp
   constexpr int NS = BN / 8;          // 8-column n-tiles of S

@@ -12,8 +12,15 @@
 
 namespace barbell::gpu::fa {
 
+// variant: the forward's tile configuration (FwdCfg<D, variant>, 0 or 1).
 template <typename T, int D, typename Launch>
-void run_forward(const FwdParams& p, Launch&& launch) {
+void run_forward(const FwdParams& p, Launch&& launch, int variant = 0) {
+  if (variant == 1) {
+    const LaunchShape s = fwd_shape<T, D, 1>(p);
+    if (p.causal) launch(&fwd_kernel<T, D, true, 1>, s);
+    else launch(&fwd_kernel<T, D, false, 1>, s);
+    return;
+  }
   const LaunchShape s = fwd_shape<T, D>(p);
   if (p.causal) launch(&fwd_kernel<T, D, true>, s);
   else launch(&fwd_kernel<T, D, false>, s);

@@ -30,6 +30,7 @@
 // Usage: test_flash_sim [--all] [--quick] [--schedules] [filter-substring]
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -46,6 +47,12 @@ using namespace barbell::gpu::fa;
 namespace {
 
 int g_failures = 0, g_checks = 0;
+
+// The forward tile configuration under test: $BB_SIM_FWD_VARIANT (FwdCfg<D, 0 or 1>).
+int fwd_variant() {
+  const char* e = std::getenv("BB_SIM_FWD_VARIANT");
+  return e && e[0] == '1' ? 1 : 0;
+}
 
 template <typename T>
 T from_float(float x);
@@ -334,8 +341,12 @@ struct Run {
     fp.B = B, fp.H = H, fp.Tq = Tq, fp.Tk = Tk, fp.scale = scale, fp.causal = Causal;
     fp.scale_log2 = scale * kLog2e;
     bool ok = true;
-    launch_named(
-        cfg, "fwd_kernel", fwd_shape<T, D>(fp), [&] { fwd_kernel<T, D, Causal>(fp); }, ok);
+    if (fwd_variant() == 1)
+      launch_named(
+          cfg, "fwd_kernel", fwd_shape<T, D, 1>(fp), [&] { fwd_kernel<T, D, Causal, 1>(fp); }, ok);
+    else
+      launch_named(
+          cfg, "fwd_kernel", fwd_shape<T, D>(fp), [&] { fwd_kernel<T, D, Causal>(fp); }, ok);
     if (!ok) return;
     auto guards = [&](const char* after) {
       const bool g = qkv.guards_intact() && dqkv.guards_intact() && qs.guards_intact() &&
@@ -468,9 +479,14 @@ struct Run {
         sim::options().seed = seed;
         o.poison();
         lse.poison();
-        launch_named(
-            cfg, other == sim::Schedule::reverse ? "fwd_kernel [reverse]" : "fwd_kernel [random]",
-            fwd_shape<T, D>(fp), [&] { fwd_kernel<T, D, Causal>(fp); }, ok);
+        if (fwd_variant() == 1)
+          launch_named(
+              cfg, other == sim::Schedule::reverse ? "fwd_kernel [reverse]" : "fwd_kernel [random]",
+              fwd_shape<T, D, 1>(fp), [&] { fwd_kernel<T, D, Causal, 1>(fp); }, ok);
+        else
+          launch_named(
+              cfg, other == sim::Schedule::reverse ? "fwd_kernel [reverse]" : "fwd_kernel [random]",
+              fwd_shape<T, D>(fp), [&] { fwd_kernel<T, D, Causal>(fp); }, ok);
         if (!ok) break;
         const bool same = std::memcmp(o_fwd.data(), o.p, nq * sizeof(T)) == 0 &&
                           std::memcmp(lse_fwd.data(), lse.p, lse.n * sizeof(float)) == 0;
