@@ -103,9 +103,16 @@ long cudnn_version() {
   return v;
 }
 
+// The flash forward's tile configuration ($BARBELL_FLASH_FWD_TILES, set by --flash-tiles):
+// variant 1 is reported as backend "flash-t1", so both can sit in one table.
+bool flash_tiles_1() {
+  const char* e = std::getenv("BARBELL_FLASH_FWD_TILES");
+  return e && e[0] == '1';
+}
+
 const char* bname(AttentionBackend b) {
   switch (b) {
-    case AttentionBackend::Flash: return "flash";
+    case AttentionBackend::Flash: return flash_tiles_1() ? "flash-t1" : "flash";
     case AttentionBackend::Cudnn: return "cudnn";
     case AttentionBackend::Math: return "math";
     default: return "auto";
@@ -317,11 +324,17 @@ int main(int argc, char** argv) {
   app.add_flag("--math", with_math, "Also the Math backend (the plain composition; memory hungry) up to --math-max-t");
   app.add_option("--math-max-t", math_max_t, "Largest T for --math (default 2048)");
   app.add_option("--backends", backends_arg, "Comma-separated fused backends to time (default flash,cudnn)");
+  int flash_tiles = -1;
+  app.add_option("--flash-tiles", flash_tiles,
+                 "The flash forward's tile configuration, 0 or 1 (sets $BARBELL_FLASH_FWD_TILES; 1 is reported as "
+                 "backend flash-t1)")
+      ->check(CLI::Range(0, 1));
   app.add_option("--json", json_path, "Write the results as JSON to this file (rewritten after every case)");
   app.add_option("--only", only, "Run only the cases whose \"backend pass dtype T=.. D=.. causal|full\" matches");
   app.add_option("--commit", commit, "The barbell commit being measured (default: $BARBELL_COMMIT)");
   app.add_option("--time-budget", budget, "Start no new case after this many seconds (0: no limit)");
   CLI11_PARSE(app, argc, argv);
+  if (flash_tiles >= 0) setenv("BARBELL_FLASH_FWD_TILES", flash_tiles ? "1" : "0", 1);
   if (commit.empty() && std::getenv("BARBELL_COMMIT")) commit = std::getenv("BARBELL_COMMIT");
 #ifdef BARBELL_COMMIT
   if (commit.empty()) commit = BARBELL_COMMIT;
@@ -368,6 +381,7 @@ int main(int argc, char** argv) {
   cudaRuntimeGetVersion(&rt);
   bench.meta["gpu"] = p.name;
   bench.meta["sm"] = fmt::format("{}{}", p.major, p.minor);
+  bench.meta["flash_fwd_tiles"] = flash_tiles_1() ? 1 : 0;
   bench.meta["multiprocessors"] = p.multiprocessors;
   bench.meta["driver_version"] = nvidia_driver_version();
   bench.meta["cuda_driver_api_version"] = drv;

@@ -533,6 +533,14 @@ if has_attn bench; then
     # the issue's target shape first: D = 128, T = 8192, non-causal
     grep -E '^(flash|cudnn) +(fwd|bwd) +bf16 +[0-9]+ +[0-9]+ +8192 +128 +full|flash/cudnn (fwd|bwd) bf16 T=8192 D=128 full|ERROR' \
       "$WORK/step.log" | head -12 | sed 's/^/    /'
+    # The flash forward's second tile configuration (FwdCfg<D, 1>), forward only, quick
+    # shapes: reported as backend flash-t1 and merged into the table below.
+    run_step bench_attention_t1 45 "$(attn_after bench)" "$BENCH_LOG" "$prog" --json "$WORK/attn_t1.json" \
+      --commit "$COMMIT" --quick --backends flash --only ' fwd ' --flash-tiles 1 --time-budget 30
+    if ((RC != 99)); then
+      record bench_attention_t1 "$(status_of $RC)" "$SECS" \
+        "$(grep -E '^flash-t1 +fwd +bf16 .* 8192 +128 +full' "$WORK/step.log" | head -1)"
+    fi
   fi
 fi
 
@@ -567,6 +575,7 @@ if has_attn bench || has_attn torch; then
   inputs=()
   [[ -s $ATTN_JSON ]] && inputs+=("$ATTN_JSON")
   [[ -s $TORCH_JSON ]] && inputs+=("$TORCH_JSON")
+  [[ -s $WORK/attn_t1.json ]] && inputs+=("$WORK/attn_t1.json")
   if ((${#inputs[@]} == 0)); then
     record "attention table" SKIP 0 "no attention results to tabulate"
   elif [[ -z $PY || -z $script ]]; then
