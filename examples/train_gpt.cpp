@@ -356,6 +356,21 @@ int run(const Args& args) {
              dtype == bb::kF32 ? std::string("f32")
                                : fmt::format("{} compute, fp32 master weights", bb::dtype_name(dtype)));
   if (device.is_cpu()) fmt::print("{} CPU threads\n", bb::num_threads());
+  {
+    // The attention backend this model will run, resolved on a q like its layers' (head
+    // dim n_embd / n_head, this device and dtype): Auto falls back to math for head dims
+    // the flash kernels do not take.
+    const int64_t hd = cfg.n_embd / cfg.n_head;
+    bb::Tensor probe = bb::empty({1, 1, 1, hd}, {dtype, device});
+    bb::AttentionBackend resolved;
+    try {
+      resolved = bb::resolve_attention_backend(probe, probe, probe, cfg.attn_backend, true);
+    } catch (const bb::Error& e) {
+      throw bb::ValueError(fmt::format("barbell-train: --attention {} with head dim {} ({} on {}): {}", args.attention,
+                                       hd, bb::dtype_name(dtype), device.str(), e.what()));
+    }
+    fmt::print("attention: {} (head dim {})\n", bb::attention_backend_name(resolved), hd);
+  }
   fmt::print("training {} steps of {} x {} tokens, AdamW lr {} -> {}, warm-up {}\n", args.steps, args.batch,
              train_src->seq_len(), args.lr, args.min_lr, args.warmup);
   std::fflush(stdout);

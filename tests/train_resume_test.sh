@@ -99,9 +99,14 @@ echo "== --resume without a checkpoint is refused"
 run_fails empty.log --steps 30 --out "$work/empty" --resume
 expect_log empty.log "error:.*$work/empty/checkpoint.safetensors"
 
+echo "== the attention backend: printed, and an impossible request is refused before training"
+expect_log full.log '^attention: math \(head dim [0-9]+\)'
+run_fails flash.log --steps 1 --device cpu --attention flash --out "$work/flash"
+expect_log flash.log 'error: barbell-train: --attention flash with head dim [0-9]+ .*CUDA'
+
 echo "== --help"
 "$train" --help > "$work/help.log" 2>&1 || { cat "$work/help.log"; fail "--help exited non-zero"; }
-for flag in --data --resume --steps; do
+for flag in --data --resume --steps --attention; do
   grep -q -- "$flag" "$work/help.log" || { cat "$work/help.log"; fail "--help does not list $flag"; }
 done
 
