@@ -140,6 +140,7 @@ BB_FA_KERNEL((FwdCfg<D, V>::NW * 32)) fwd_kernel(const FwdParams p) {
 
     // Mask (key padding past Tk, and the causal triangle) and the online softmax.
     const bool need_mask = (k0 + BN > p.Tk) || (Causal && k0 + BN - 1 > q0 + off);
+    float corr[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -164,7 +165,8 @@ BB_FA_KERNEL((FwdCfg<D, V>::NW * 32)) fwd_kernel(const FwdParams p) {
         // A row that has seen no key yet keeps max -inf; exponents are taken against 0
         // then (every exp is of -inf: 0) so no inf - inf appears.
         const float m_ref = m_new == -INFINITY ? 0.f : m_new * sl2;
-        const float corr = fast_exp2(row_max[mt][r] * sl2 - m_ref);
+        // exactly 1 when the max did not grow (also for a row that has seen no key yet)
+        corr[mt][r] = row_max[mt][r] == m_new ? 1.f : fast_exp2(row_max[mt][r] * sl2 - m_ref);
         row_max[mt][r] = m_new;
         float sum = 0.f;
 #pragma unroll
@@ -176,13 +178,25 @@ BB_FA_KERNEL((FwdCfg<D, V>::NW * 32)) fwd_kernel(const FwdParams p) {
             sum += x;
           }
         }
-        row_sum[mt][r] = row_sum[mt][r] * corr + sum;  // this lane's part; the quad is summed at the end
+        row_sum[mt][r] = row_sum[mt][r] * corr[mt][r] + sum;  // this lane's part; the quad is summed at the end
+      }
+    }
+    // Rescale O by exp(old max - new max), unless no row of the warp got a larger max
+    // (every factor is then 1): once the maxima settle, most key blocks skip these
+    // NO * 4 * MT multiplies.
+    bool unchanged = true;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) unchanged = unchanged && corr[mt][0] == 1.f && corr[mt][1] == 1.f;
+    if (!warp_all(unchanged)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int n = 0; n < NO; ++n) {
-          o[mt][n][2 * r] *= corr;
-          o[mt][n][2 * r + 1] *= corr;
+          o[mt][n][0] *= corr[mt][0];
+          o[mt][n][1] *= corr[mt][0];
+          o[mt][n][2] *= corr[mt][1];
+          o[mt][n][3] *= corr[mt][1];
         }
-      }
     }
 
     cp_async_wait<0>();  // V_nb has landed

@@ -100,6 +100,8 @@ BB_FA_DEVICE void cp_async_wait() {
 }
 
 BB_FA_DEVICE float shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+// True when p is true in every lane of the warp (all 32 lanes take part).
+BB_FA_DEVICE bool warp_all(bool p) { return __all_sync(0xffffffffu, p) != 0; }
 // 2^x (ex2.approx, relative error ~2^-22; exact 0 for -inf).
 BB_FA_DEVICE float fast_exp2(float x) {
   float y;

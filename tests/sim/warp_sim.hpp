@@ -1020,6 +1020,14 @@ inline float shfl_xor(float v, int mask) {
   return t.out;
 }
 
+// __all_sync over the full warp, as the AND of a butterfly of shuffles (the same
+// collective rules: every lane must take part).
+inline bool warp_all(bool p) {
+  float v = p ? 1.f : 0.f;
+  for (int m = 16; m > 0; m >>= 1) v = std::min(v, shfl_xor(v, m));
+  return v == 1.f;
+}
+
 inline float fast_exp2(float x) {
   if (std::fpclassify(x) == FP_SUBNORMAL) x = std::copysign(0.f, x);
   float y = std::exp2(x);
