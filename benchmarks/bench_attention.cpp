@@ -53,6 +53,7 @@
 
 #include "barbell/barbell.hpp"
 #include "barbell/cuda/cuda.hpp"
+#include "bench_util.hpp"
 
 namespace bb = barbell;
 using bb::AttentionBackend;
@@ -64,20 +65,10 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+using bench::median;
+using bench::utc_now;
+
 bb::Device gpu() { return bb::Device::cuda(0); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
 
 // The NVIDIA kernel driver's version ("550.54.15"), from /proc/driver/nvidia/version.
 std::string nvidia_driver_version() {

@@ -43,6 +43,7 @@
 
 #include "barbell/barbell.hpp"
 #include "barbell/cuda/cuda.hpp"
+#include "bench_util.hpp"
 
 namespace bb = barbell;
 using bb::DType;
@@ -52,6 +53,9 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+using bench::median;
+using bench::utc_now;
 
 // The raw CUDA calls below use this program's own (static) CUDA runtime, on its own
 // stream and events; they share only device pointers with barbell, whose runtime lives in
@@ -68,19 +72,6 @@ void lt_ok(cublasStatus_t s, const char* what, int line) {
 #define LT_OK(x) lt_ok((x), #x, __LINE__)
 
 bb::Device gpu() { return bb::Device::cuda(0); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
 
 size_t dsize(DType d) { return bb::dtype_size(d); }
 

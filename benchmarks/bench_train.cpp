@@ -15,12 +15,16 @@
 #include <nlohmann/json.hpp>
 
 #include "barbell/barbell.hpp"
+#include "bench_util.hpp"
 
 namespace bb = barbell;
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+using bench::median;
+using bench::utc_now;
 
 // A realistic batch per preset: the model's whole context, a batch that fits comfortably in memory.
 struct Shape {
@@ -44,22 +48,9 @@ std::string first_line_of(const std::string& path, const std::string& key) {
   return "";
 }
 
-std::string utc_now() {
-  std::time_t t = std::time(nullptr);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  return buf;
-}
-
 std::string env_or(const char* name, const char* fallback) {
   const char* v = std::getenv(name);
   return v ? v : fallback;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // The machine's f32 matmul rate (best of 5 square 1024 products through the library's matmul): the
