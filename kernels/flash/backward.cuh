@@ -283,10 +283,7 @@ BB_FA_KERNEL(BwdCfg<D>::NW * 32) bwd_dkdv_kernel(const BwdParams p) {
         if (i < p.Tq) {
           float* acc = p.dq_accum + (rowbase + i) * D + cg * QCOLS + 2 * t4;
 #pragma unroll
-          for (int n = 0; n < QCOLS / 8; ++n) {
-            atomic_add(acc + n * 8, dq[n][2 * r]);
-            atomic_add(acc + n * 8 + 1, dq[n][2 * r + 1]);
-          }
+          for (int n = 0; n < QCOLS / 8; ++n) atomic_add2(acc + n * 8, dq[n][2 * r], dq[n][2 * r + 1]);
         }
       }
     }

@@ -109,6 +109,15 @@ BB_FA_DEVICE float fast_exp2(float x) {
   return y;
 }
 BB_FA_DEVICE void atomic_add(float* p, float v) { atomicAdd(p, v); }
+// p[0] += a, p[1] += b (p 8-byte aligned): one vector atomic on sm_90 and later.
+BB_FA_DEVICE void atomic_add2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
 
 // Two floats rounded to T and packed (lo in the lower 16 bits).
 template <typename T>

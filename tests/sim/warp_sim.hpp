@@ -1036,6 +1036,11 @@ inline float fast_exp2(float x) {
 }
 
 inline void atomic_add(float* p, float v) { *p += v; }
+inline void atomic_add2(float* p, float a, float b) {
+  if (reinterpret_cast<uintptr_t>(p) % 8 != 0) throw sim::Error("warp_sim: atomic_add2 on an address not 8-byte aligned");
+  p[0] += a;
+  p[1] += b;
+}
 
 template <typename T>
 inline uint32_t pack2(float lo, float hi) {
