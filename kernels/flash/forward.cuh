@@ -26,8 +26,8 @@ namespace barbell::gpu::fa {
 // Variant 0 (the default) is MT = 2. With D = 128 the O accumulators alone are then 128
 // registers per thread, and BN = 32 keeps the S tile small enough not to spill (nvcc 13,
 // sm_90a; BN = 64 spilled 96-208 bytes); D = 64 fits BN = 64. Variant 1 is MT = 1 with
-// 8 warps and twice the keys per step: more shared-memory traffic, half the barriers
-// and softmax rescales per key. These are choices made without a GPU at hand: the
+// 8 warps and twice the keys per step: more shared-memory traffic for K and V, but Q
+// stays in registers, and half the barriers and softmax rescales per key. These are choices made without a GPU at hand: the
 // launcher takes $BARBELL_FLASH_FWD_TILES=1 to run variant 1, so bench_attention can
 // measure both.
 template <int D, int V>
@@ -108,6 +108,18 @@ BB_FA_KERNEL((FwdCfg<D, V>::NW * 32)) fwd_kernel(const FwdParams p) {
   const int wrow = warp * MT * 16;  // the warp's first row in the block
   const LdRows<D> ra = rows_a<D>(lane), rnk = rows_nk<D>(lane), rkn = rows_kn<D>(lane);
 
+  // With one m-tile per warp (MT = 1) the warp's Q fragments (D / 16 x 4 registers) fit
+  // in registers next to the accumulators: they are read from shared memory once, not
+  // at every key block.
+  constexpr bool kQInRegs = MT == 1;
+  uint32_t qreg[kQInRegs ? D / 16 : 1][4];
+  if constexpr (kQInRegs) {
+    cp_async_wait<0>();  // Q (and K_0) have landed
+    block_sync();
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) load_a<D>(qreg[kc], Qs, ra, wrow, kc);
+  }
+
   for (int nb = 0; nb < nblocks; ++nb) {
     const int k0 = nb * BN;
     cp_async_wait<0>();  // Q and K_nb have landed
@@ -124,8 +136,13 @@ BB_FA_KERNEL((FwdCfg<D, V>::NW * 32)) fwd_kernel(const FwdParams p) {
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
       uint32_t qa[MT][4];
+      if constexpr (kQInRegs) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) load_a<D>(qa[mt], Qs, ra, wrow + mt * 16, kc);
+        for (int e = 0; e < 4; ++e) qa[0][e] = qreg[kc][e];
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) load_a<D>(qa[mt], Qs, ra, wrow + mt * 16, kc);
+      }
 #pragma unroll
       for (int np = 0; np < NS / 2; ++np) {
         uint32_t kb[4];
