@@ -63,27 +63,6 @@ size_t max_smem() {
   return std::max(m, fa::bwd_dq_shape<bf16, D>(b).smem);
 }
 
-// [B, H, T, D] with unit stride in D, 16-byte aligned rows (pointer and strides).
-bool layout_ok(const Tensor& t, const char* name, std::string* why) {
-  auto fail = [&](const std::string& m) {
-    if (why) *why = fmt::format("{} {} {}", name, shape_str(t.shape()), m);
-    return false;
-  };
-  if (t.dim() != 4) return fail("is not [B, H, T, D]");
-  if (t.size(3) > 1 && t.stride(3) != 1) return fail("has a non-unit stride in D");
-  for (int d = 0; d < 3; ++d)
-    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return fail("has a stride that is not a multiple of 8 elements");
-  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return fail("does not start on a 16-byte boundary");
-  return true;
-}
-
-void check_launch_dims(const Tensor& q, const Tensor& k) {
-  BB_CHECK(q.size(0) <= 65535 && q.size(1) <= 65535, ShapeError,
-           "{}: at most 65535 batches and heads per launch, got q {}", kOp, shape_str(q.shape()));
-  BB_CHECK(q.size(2) < (int64_t{1} << 30) && k.size(2) < (int64_t{1} << 30), ShapeError,
-           "{}: sequence lengths must be below 2^30: q {}, k {}", kOp, shape_str(q.shape()), shape_str(k.shape()));
-}
-
 // Raises a kernel's dynamic shared memory limit on the current device, once per
 // (kernel, device, size).
 void allow_smem(const void* kernel, size_t bytes) {
@@ -112,21 +91,6 @@ int forward_variant() {
   return e && e[0] == '1' ? 1 : 0;
 }
 
-// Calls f(Tag<T>{}, int_constant<D>) for the supported dtypes and head dims.
-template <int D>
-using Dim = std::integral_constant<int, D>;
-template <typename F>
-void dispatch(DType dt, int64_t D, F&& f) {
-  auto by_dim = [&](auto tag) {
-    if (D == 64) f(tag, Dim<64>{});
-    else if (D == 128) f(tag, Dim<128>{});
-    else throw ValueError(fmt::format("{}: head dim {} (the kernels take 64 or 128)", kOp, D));
-  };
-  if (dt == DType::BF16) by_dim(Tag<bf16>{});
-  else if (dt == DType::F16) by_dim(Tag<f16>{});
-  else throw DTypeError(fmt::format("{}: dtype {} (the kernels take bf16 or f16)", kOp, dtype_name(dt)));
-}
-
 }  // namespace
 
 bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why) {
@@ -135,13 +99,8 @@ bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v
     return false;
   };
   if (!q.is_cuda()) return fail(fmt::format("q is on {}, the kernels run on CUDA devices", q.device().str()));
-  if (q.dtype() != DType::BF16 && q.dtype() != DType::F16)
-    return fail(fmt::format("dtype {} (the kernels take bf16 or f16)", dtype_name(q.dtype())));
+  if (!fa::inputs_ok(q, k, v, why)) return false;
   const int64_t D = q.size(3);
-  if (D != 64 && D != 128) return fail(fmt::format("head dim {} (the kernels take 64 or 128)", D));
-  if (!layout_ok(q, "q", why) || !layout_ok(k, "k", why) || !layout_ok(v, "v", why)) return false;
-  if (q.size(0) > 65535 || q.size(1) > 65535) return fail("more than 65535 batches or heads");
-  if (q.size(2) >= (int64_t{1} << 30) || k.size(2) >= (int64_t{1} << 30)) return fail("a sequence of 2^30 or more");
   const DeviceInfo info = device_info(q.device().index());
   if (!info.has_image)
     return fail(fmt::format("this build has no machine code for {} (compute capability {}.{}; built for "
@@ -158,18 +117,19 @@ bool flash_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v
 
 void flash_attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                              bool causal, double scale) {
+  // The op resolved the backend with flash_attention_supported (device checks
+  // included); here only what the kernels index is checked again, without a device query.
   std::string why;
-  BB_CHECK(flash_attention_supported(q, k, v, &why), ValueError, "{}: {}", kOp, why);
-  BB_CHECK(layout_ok(o, "out", &why), ValueError, "{}: {}", kOp, why);
+  BB_CHECK(fa::inputs_ok(q, k, v, &why), ValueError, "{}: {}", kOp, why);
+  BB_CHECK(fa::layout_ok(o, "out", &why), ValueError, "{}: {}", kOp, why);
   BB_CHECK(lse.is_contiguous() && lse.dtype() == DType::F32, ValueError, "{}: lse must be contiguous f32, got {} {}",
            kOp, dtype_name(lse.dtype()), shape_str(lse.shape()));
-  check_launch_dims(q, k);
   const fa::FwdParams p = fa::fwd_params(o, lse, q, k, v, causal, scale);
   BB_CHECK(p.scale > 0 && std::isfinite(p.scale), ValueError, "{}: the softmax scale must be positive, got {}", kOp,
            scale);
   if (p.B == 0 || p.H == 0 || p.Tq == 0) return;
   cudaStream_t stream = stream_for(q);
-  dispatch(q.dtype(), q.size(3), [&](auto tag, auto dim) {
+  fa::dispatch(q.dtype(), q.size(3), kOp, [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int D = decltype(dim)::value;
     fa::run_forward<T, D>(p, [&](auto kernel, const fa::LaunchShape& s) { launch(kernel, s, p, stream); },
@@ -181,12 +141,11 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
                               const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
                               bool causal, double scale, bool deterministic) {
   std::string why;
-  BB_CHECK(flash_attention_supported(q, k, v, &why), ValueError, "{}: {}", kOp, why);
+  BB_CHECK(fa::inputs_ok(q, k, v, &why), ValueError, "{} backward: {}", kOp, why);
   for (auto [t, name] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}, {&o, "out"}})
-    BB_CHECK(layout_ok(*t, name, &why), ValueError, "{} backward: {}", kOp, why);
+    BB_CHECK(fa::layout_ok(*t, name, &why), ValueError, "{} backward: {}", kOp, why);
   BB_CHECK(lse.is_contiguous() && lse.dtype() == DType::F32, ValueError,
            "{} backward: lse must be contiguous f32, got {} {}", kOp, dtype_name(lse.dtype()), shape_str(lse.shape()));
-  check_launch_dims(q, k);
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), D = q.size(3);
   fa::BwdParams p = fa::bwd_params(dq, dk, dv, dout, q, k, v, o, lse, nullptr, nullptr, causal, scale);
   BB_CHECK(p.scale > 0 && std::isfinite(p.scale), ValueError, "{} backward: the softmax scale must be positive, got {}",
@@ -204,7 +163,7 @@ void flash_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
   p.delta = static_cast<float*>(delta.data_ptr());
   p.dq_accum = deterministic ? nullptr : static_cast<float*>(dq_accum.data_ptr());
   cudaStream_t stream = stream_for(q);
-  dispatch(q.dtype(), D, [&](auto tag, auto dim) {
+  fa::dispatch(q.dtype(), D, kOp, [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     constexpr int Dh = decltype(dim)::value;
     fa::run_backward<T, Dh>(p, deterministic,

@@ -7,10 +7,33 @@
 // and the kernel's LaunchShape.
 #pragma once
 
+#include <type_traits>
+
+#include "barbell/core/dtype.hpp"
+#include "barbell/core/error.hpp"
 #include "flash/backward.cuh"
 #include "flash/forward.cuh"
 
 namespace barbell::gpu::fa {
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}, std::integral_constant<int, D>{}) for the kernels' dtypes (bf16,
+// f16) and head dims (64, 128); anything else throws naming `op`.
+template <typename F>
+void dispatch(DType dt, int64_t D, const char* op, F&& f) {
+  auto by_dim = [&](auto tag) {
+    if (D == 64) f(tag, std::integral_constant<int, 64>{});
+    else if (D == 128) f(tag, std::integral_constant<int, 128>{});
+    else throw ValueError(fmt::format("{}: head dim {} (the kernels take 64 or 128)", op, D));
+  };
+  if (dt == DType::BF16) by_dim(TypeTag<__nv_bfloat16>{});
+  else if (dt == DType::F16) by_dim(TypeTag<__half>{});
+  else throw DTypeError(fmt::format("{}: dtype {} (the kernels take bf16 or f16)", op, dtype_name(dt)));
+}
 
 // variant: the forward's tile configuration (FwdCfg<D, variant>, 0 or 1).
 template <typename T, int D, typename Launch>

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "barbell/cuda/cuda.hpp"
+#include "flash/tensor_params.hpp"
 #include "ops/attention_hooks.hpp"
 #include "ops/common.hpp"
 
@@ -23,32 +24,6 @@ const char* kOp = "scaled_dot_product_attention";
 std::atomic<bool> g_deterministic{false};
 detail::CpuFlashHooks g_cpu_flash;  // tests only (attention_hooks.hpp)
 
-// The flash kernels' layout: unit stride in D, strides in multiples of 8 elements,
-// 16-byte aligned rows (anything else, e.g. an incoming gradient from a permuted view,
-// is copied first).
-bool fused_layout_ok(const Tensor& t) {
-  if (t.size(3) > 1 && t.stride(3) != 1) return false;
-  for (int d = 0; d < 3; ++d)
-    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return false;
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
-
-// What the emulated CPU Flash path takes: the kernels' dtypes, head dims and layout.
-bool cpu_flash_ok(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why) {
-  if (q.dtype() != DType::BF16 && q.dtype() != DType::F16) {
-    *why = fmt::format("dtype {} (the kernels take bf16 or f16)", dtype_name(q.dtype()));
-    return false;
-  }
-  if (q.size(3) != 64 && q.size(3) != 128) {
-    *why = fmt::format("head dim {} (the kernels take 64 or 128)", q.size(3));
-    return false;
-  }
-  if (!fused_layout_ok(q) || !fused_layout_ok(k) || !fused_layout_ok(v)) {
-    *why = "q, k, v need unit stride in D, strides in multiples of 8 and 16-byte aligned rows";
-    return false;
-  }
-  return true;
-}
 
 // The causal mask, built once per (Tq, Tk, device, stream) and thread: every layer of
 // every step reuses it instead of filling Tq x Tk values on the host and copying them
@@ -88,7 +63,7 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 // Whether a fused backend can run these inputs; the reason otherwise.
 bool fused_ok(AttentionBackend b, const Tensor& q, const Tensor& k, const Tensor& v, bool causal, std::string* why) {
-  if (q.is_cpu() && b == AttentionBackend::Flash && g_cpu_flash.forward) return cpu_flash_ok(q, k, v, why);
+  if (q.is_cpu() && b == AttentionBackend::Flash && g_cpu_flash.forward) return gpu::fa::inputs_ok(q, k, v, why);
   if (!q.is_cuda()) {
     *why = fmt::format("it runs on CUDA tensors and q {} is on {}", shape_str(q.shape()), q.device().str());
     return false;
@@ -125,8 +100,10 @@ Tensor bthd(int64_t B, int64_t H, int64_t T, int64_t D, const TensorOptions& o) 
   return empty({B, T, H, D}, o).transpose(1, 2);
 }
 
+// The fused kernels' layout (unit stride in D, 16-byte aligned rows); anything else,
+// e.g. an incoming gradient from a permuted view, is copied first.
 Tensor fused_layout(const Tensor& t) {
-  if (fused_layout_ok(t)) return t;
+  if (gpu::fa::layout_ok(t, "", nullptr)) return t;
   Tensor c = bthd(t.size(0), t.size(1), t.size(2), t.size(3), t.options());
   NoGradGuard ng;
   c.copy_(t);

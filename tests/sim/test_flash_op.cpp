@@ -32,21 +32,6 @@ void check(bool ok, const std::string& what, const std::string& detail = "") {
   if (!ok) ++g_failures;
 }
 
-template <typename T>
-struct Tag {
-  using type = T;
-};
-
-template <typename F>
-void dispatch(bb::DType dt, int64_t D, F&& f) {
-  auto by_dim = [&](auto tag) {
-    if (D == 64) f(tag, std::integral_constant<int, 64>{});
-    else f(tag, std::integral_constant<int, 128>{});
-  };
-  if (dt == bb::kBF16) by_dim(Tag<__nv_bfloat16>{});
-  else by_dim(Tag<__half>{});
-}
-
 template <typename P>
 auto sim_launcher(const P& p) {
   return [&p](auto kernel, const fa::LaunchShape& s) {
@@ -58,7 +43,7 @@ void sim_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tens
                  double scale) {
   const fa::FwdParams p = fa::fwd_params(o, lse, q, k, v, causal, scale);
   if (p.B == 0 || p.H == 0 || p.Tq == 0) return;
-  dispatch(q.dtype(), q.size(3), [&](auto tag, auto dim) {
+  fa::dispatch(q.dtype(), q.size(3), "sim_forward", [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     fa::run_forward<T, decltype(dim)::value>(p, sim_launcher(p));
   });
@@ -72,7 +57,7 @@ void sim_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Te
   Tensor accum = deterministic ? Tensor() : bb::full({B, H, Tq, D}, NAN, {bb::kF32});
   fa::BwdParams p = fa::bwd_params(dq, dk, dv, dout, q, k, v, o, lse, static_cast<float*>(delta.data_ptr()),
                                    deterministic ? nullptr : static_cast<float*>(accum.data_ptr()), causal, scale);
-  dispatch(q.dtype(), D, [&](auto tag, auto dim) {
+  fa::dispatch(q.dtype(), D, "sim_backward", [&](auto tag, auto dim) {
     using T = typename decltype(tag)::type;
     fa::run_backward<T, decltype(dim)::value>(p, deterministic, sim_launcher(p));
   });
