@@ -85,7 +85,9 @@ std::string nvidia_driver_version() {
 // cuDNN's version if libcudnn.so.9 can be loaded here (the Cudnn backend loads it the same
 // way), else 0.
 long cudnn_version() {
-  void* h = dlopen("libcudnn.so.9", RTLD_LAZY | RTLD_LOCAL);
+  const char* env = std::getenv("BARBELL_CUDNN_LIBRARY");  // what the Cudnn backend tries first
+  void* h = env && *env ? dlopen(env, RTLD_LAZY | RTLD_LOCAL) : nullptr;
+  if (!h) h = dlopen("libcudnn.so.9", RTLD_LAZY | RTLD_LOCAL);
   if (!h) return 0;
   using Fn = size_t (*)();
   auto fn = reinterpret_cast<Fn>(dlsym(h, "cudnnGetVersion"));

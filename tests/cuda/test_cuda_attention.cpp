@@ -38,7 +38,6 @@
 #include <cctype>
 #include <chrono>
 #include <optional>
-#include <type_traits>
 
 #include "cuda_check.hpp"
 
