@@ -54,6 +54,7 @@
 #include "barbell/barbell.hpp"
 #include "barbell/cuda/cuda.hpp"
 #include "bench_util.hpp"
+#include "gpu_bench.hpp"
 
 namespace bb = barbell;
 using bb::AttentionBackend;
@@ -65,10 +66,9 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+using bench::Measured;
 using bench::median;
 using bench::utc_now;
-
-bb::Device gpu() { return bb::Device::cuda(0); }
 
 // The NVIDIA kernel driver's version ("550.54.15"), from /proc/driver/nvidia/version.
 std::string nvidia_driver_version() {
@@ -112,99 +112,6 @@ const char* bname(AttentionBackend b) {
   }
 }
 
-struct Measured {
-  std::vector<double> ms;
-  double median_ms = 0, min_ms = 0, max_ms = 0, host_us = 0;
-  int reps = 0;
-};
-
-class Timer {
- public:
-  double target_ms = 300;  // timed GPU time aimed at per case
-  int warm = 3, min_reps = 5, max_reps = 50;
-
-  void init() {
-    l2_ = bb::cuda::properties(0).l2_cache;
-    // 2 x 256 MiB of f32 for the delay copies
-    src_ = bb::empty({int64_t{64} << 20}, {DType::F32, gpu()});
-    dst_ = bb::empty({int64_t{64} << 20}, {DType::F32, gpu()});
-    src_.fill_(1.0);
-  }
-
-  // Keeps the GPU busy for about `us` microseconds (and moves at least 4x the L2) with
-  // device-to-device copies on barbell's current stream. ~3 TB/s assumed: on a slower GPU
-  // the delay is only longer.
-  void delay(double us) {
-    double bytes = std::max(us * 1e-6 * 3e12, 4.0 * static_cast<double>(l2_));
-    int64_t n = static_cast<int64_t>(bytes / 8);  // f32 elements, 8 bytes moved each
-    bb::NoGradGuard ng;
-    while (n > 0) {
-      int64_t m = std::min(n, src_.numel());
-      dst_.narrow(0, 0, m).copy_(src_.narrow(0, 0, m));
-      n -= m;
-    }
-  }
-
-  Measured measure(const std::function<void()>& timed, const std::function<void()>& setup = nullptr) {
-    Measured r;
-    for (int i = 0; i < warm; ++i) {
-      if (setup) setup();
-      timed();
-    }
-    bb::cuda::synchronize();
-    std::vector<double> hs;  // host time to enqueue one call
-    for (int i = 0; i < 3; ++i) {
-      if (setup) setup();
-      bb::cuda::synchronize();
-      auto t0 = Clock::now();
-      timed();
-      hs.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-      bb::cuda::synchronize();
-    }
-    r.host_us = median(hs);
-    const double delay_us = 2.0 * r.host_us + 20.0;
-    bb::cuda::Event a, b;
-    if (setup) setup();
-    delay(delay_us);
-    a.record();
-    timed();
-    b.record();
-    b.synchronize();
-    double est = std::max(1e-3, static_cast<double>(b.elapsed_ms(a)));
-    r.reps = std::clamp(static_cast<int>(target_ms / est), min_reps, max_reps);
-    std::vector<bb::cuda::Event> e0(static_cast<size_t>(r.reps)), e1(static_cast<size_t>(r.reps));
-    for (size_t i = 0; i < e0.size(); ++i) {
-      if (setup) setup();
-      delay(delay_us);
-      e0[i].record();
-      timed();
-      e1[i].record();
-    }
-    bb::cuda::synchronize();
-    for (size_t i = 0; i < e0.size(); ++i) r.ms.push_back(static_cast<double>(e1[i].elapsed_ms(e0[i])));
-    r.median_ms = median(r.ms);
-    r.min_ms = *std::min_element(r.ms.begin(), r.ms.end());
-    r.max_ms = *std::max_element(r.ms.begin(), r.ms.end());
-    return r;
-  }
-
- private:
-  size_t l2_ = 50u << 20;
-  Tensor src_, dst_;
-};
-
-// Random data on the GPU without drawing every element on the CPU: 1M normal draws tiled
-// over the rows of [R, C], each row scaled by its own factor in [0.5, 1.5).
-Tensor rnd(bb::Generator& gen, int64_t R, int64_t C, DType dt) {
-  bb::NoGradGuard ng;
-  int64_t br = std::max<int64_t>(1, std::min<int64_t>(R, (int64_t{1} << 20) / C));
-  Tensor base = bb::randn({br, C}, {DType::F32}, &gen).to(gpu());
-  int64_t k = (R + br - 1) / br;
-  Tensor tiled = base.unsqueeze(0).expand({k, br, C}).contiguous().view({k * br, C}).narrow(0, 0, R);
-  Tensor rs = bb::add(bb::rand({R, 1}, {DType::F32}, &gen), 0.5).to(gpu());
-  return bb::mul(tiled, rs).to(dt);
-}
-
 struct Shape4 {
   int64_t B, H, T, D;
   bool causal;
@@ -218,7 +125,7 @@ double fwd_flops(const Shape4& s) {
 }
 
 struct Bench {
-  Timer timer;
+  bench::GpuTimer timer;
   std::regex only{".*"};
   double budget_s = 0;  // 0: none
   Clock::time_point t0 = Clock::now();
@@ -387,7 +294,11 @@ int main(int argc, char** argv) {
       "host's enqueue time and flushes L2; q, k, v strided views of a [B, T, 3, H, D] buffer; fwd under "
       "NoGradGuard; bwd = the fused op's autograd node apply(dO) (Math: the autograd engine with retain_graph)";
 
-  bench.timer.init();
+  bench.timer.init(int64_t{64} << 20);  // delay buffers: 2 x 256 MiB of f32
+  bench.timer.copy_gbps = 3000;          // assumed (H100-class) for sizing the delays
+  bench.timer.target_ms = 300;
+  bench.timer.min_reps = 5;
+  bench.timer.max_reps = 50;
   if (quick) {
     bench.timer.target_ms = 60;
     bench.timer.warm = 2;
@@ -432,8 +343,8 @@ int main(int argc, char** argv) {
       }
       Tensor qkv, dout;
       try {
-        qkv = rnd(gen, B * T, 3 * H * D, dt).view({B, T, 3, H, D});
-        dout = rnd(gen, B * H * T, D, dt).view({B, H, T, D});
+        qkv = bench::random_rows(gen, B * T, 3 * H * D, dt).view({B, T, 3, H, D});
+        dout = bench::random_rows(gen, B * H * T, D, dt).view({B, H, T, D});
       } catch (const std::exception& e) {
         std::fprintf(stderr, "bench_attention: inputs for D=%lld T=%lld: %s\n", static_cast<long long>(D),
                      static_cast<long long>(T), e.what());
@@ -456,7 +367,7 @@ int main(int argc, char** argv) {
             continue;
           }
           bench.one(b, "fwd", s, [&] {
-            return bench.timer.measure([&] {
+            return bench.timer.measure([&](int) {
               bb::NoGradGuard ng;
               Tensor y = bb::scaled_dot_product_attention(q, k, v, causal, std::nullopt, b);
             });
@@ -467,8 +378,8 @@ int main(int argc, char** argv) {
             Tensor out = bb::scaled_dot_product_attention(ql, kl, vl, causal, std::nullopt, b);
             if (b == AttentionBackend::Math) {
               return bench.timer.measure(
-                  [&] { bb::autograd::backward({out}, {dout}, /*retain_graph=*/true); },
-                  [&] {
+                  [&](int) { bb::autograd::backward({out}, {dout}, /*retain_graph=*/true); },
+                  [&](int) {
                     ql.set_grad(Tensor());
                     kl.set_grad(Tensor());
                     vl.set_grad(Tensor());
@@ -478,7 +389,7 @@ int main(int argc, char** argv) {
             if (!node) throw bb::ValueError("the forward recorded no backward node");
             if (named.insert(static_cast<int>(b)).second)
               std::fprintf(stderr, "  (%s backward node: %s)\n", bname(b), node->name().c_str());
-            return bench.timer.measure([&] {
+            return bench.timer.measure([&](int) {
               bb::NoGradGuard ng;
               std::vector<Tensor> g = node->apply(dout);
             });

@@ -44,6 +44,7 @@
 #include "barbell/barbell.hpp"
 #include "barbell/cuda/cuda.hpp"
 #include "bench_util.hpp"
+#include "gpu_bench.hpp"
 
 namespace bb = barbell;
 using bb::DType;
@@ -54,6 +55,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+using bench::Measured;
 using bench::median;
 using bench::utc_now;
 
@@ -88,12 +90,6 @@ struct Case {
   std::string ceiling = "copy";  // "copy", "cublaslt" or "" (no ratio)
 };
 
-struct Measured {
-  std::vector<double> ms;
-  double median_ms = 0, min_ms = 0, max_ms = 0, host_us = 0;
-  int reps = 0;
-};
-
 class Bench {
  public:
   bool quick = false;
@@ -109,25 +105,23 @@ class Bench {
     std::ofstream f(json_path);
     f << out.dump(2) << "\n";
   }
-  size_t l2 = 50u << 20;
-  double copy_gbps = 0;        // ceiling: raw D2D copy, (read + write) bytes / s / 1e9
+  // Timing; its copy_gbps is the copy ceiling (raw D2D, (read + write) bytes / s / 1e9)
+  // once measured.
+  bench::GpuTimer timer;
   double cublaslt_tflops = 0;  // ceiling: raw cuBLASLt bf16 8192^3
-  double target_ms = 150;      // timed GPU time aimed at per case
-  int min_reps = 10, max_reps = 100;
   bb::Generator gen{20251126};
 
   void init() {
-    auto p = bb::cuda::properties(0);
-    l2 = p.l2_cache;
     if (quick) {
-      target_ms = 25;
-      min_reps = 5;
-      max_reps = 25;
+      timer.target_ms = 25;
+      timer.warm = 2;
+      timer.min_reps = 5;
+      timer.max_reps = 25;
     }
-    // Delay buffers: 2 x 512 MiB of f32.
-    delay_src_ = bb::empty({int64_t{128} << 20}, {DType::F32, gpu()});
-    delay_dst_ = bb::empty({int64_t{128} << 20}, {DType::F32, gpu()});
-    delay_src_.fill_(1.0);
+    timer.init(int64_t{128} << 20);  // delay buffers: 2 x 512 MiB of f32
+  }
+  Measured measure(const std::function<void(int)>& timed, const std::function<void(int)>& setup = nullptr) {
+    return timer.measure(timed, setup);
   }
 
   bool wanted(const Case& c) const {
@@ -137,22 +131,10 @@ class Bench {
     return c.name + " " + bb::dtype_name(c.dtype) + " " + std::to_string(c.tokens);
   }
 
-  // Random data on the GPU without drawing every element on the CPU: 1M normal draws
-  // tiled over the rows, each row then scaled by its own factor in [0.5, 1.5).
+  // Random inputs made on the GPU (bench::random_rows over the last dim).
   Tensor rnd(const Shape& s, DType dt, double scale = 1.0, double shift = 0.0) {
-    bb::NoGradGuard ng;
-    int64_t n = bb::shape_numel(s);
-    int64_t C = s.empty() ? 1 : s.back();
-    int64_t R = n / C;
-    int64_t br = std::max<int64_t>(1, std::min<int64_t>(R, (int64_t{1} << 20) / C));
-    Tensor base = bb::randn({br, C}, {DType::F32}, &gen).to(gpu());
-    if (scale != 1.0) base = bb::mul(base, scale);
-    int64_t k = (R + br - 1) / br;
-    Tensor tiled = base.unsqueeze(0).expand({k, br, C}).contiguous().view({k * br, C}).narrow(0, 0, R);
-    Tensor rs = bb::add(bb::rand({R, 1}, {DType::F32}, &gen), 0.5).to(gpu());
-    Tensor x = bb::mul(tiled, rs);
-    if (shift != 0.0) x = bb::add(x, shift);
-    return x.to(dt).view(s);
+    const int64_t C = s.empty() ? 1 : s.back();
+    return bench::random_rows(gen, bb::shape_numel(s) / C, C, dt, scale, shift).view(s);
   }
   std::vector<Tensor> rnd_copies(int copies, const Shape& s, DType dt, double scale = 1.0, double shift = 0.0) {
     std::vector<Tensor> v;
@@ -161,76 +143,9 @@ class Bench {
   }
   // Enough copies of an input set of `input_bytes` that all of them exceed 2x the L2.
   int copies_for(double input_bytes) const {
-    double want = 2.0 * static_cast<double>(l2);
+    double want = 2.0 * static_cast<double>(timer.l2);
     if (input_bytes >= want) return 1;
     return static_cast<int>(std::ceil(want / input_bytes)) + 1;
-  }
-
-  // Keeps the GPU busy for about `us` microseconds (and at least long enough to move 4x
-  // the L2 through it) with device-to-device copies on barbell's current stream.
-  void delay(double us) {
-    double bw = copy_gbps > 0 ? copy_gbps * 1e9 : 2e12;  // (read + write) bytes / s
-    double bytes = std::max(us * 1e-6 * bw, 4.0 * static_cast<double>(l2));
-    int64_t n = static_cast<int64_t>(bytes / 8);  // f32 elements: 8 bytes moved each
-    const int64_t cap = delay_src_.numel();
-    bb::NoGradGuard ng;
-    while (n > 0) {
-      int64_t m = std::min(n, cap);
-      delay_dst_.narrow(0, 0, m).copy_(delay_src_.narrow(0, 0, m));
-      n -= m;
-    }
-  }
-
-  Measured measure(const std::function<void(int)>& timed, const std::function<void(int)>& setup = nullptr) {
-    Measured r;
-    int it = 0;
-    const int warm = quick ? 2 : 3;
-    for (int i = 0; i < warm; ++i, ++it) {
-      if (setup) setup(it);
-      timed(it);
-    }
-    bb::cuda::synchronize();
-    // The host time to enqueue one timed call (all of it, if the call waits for the GPU).
-    std::vector<double> hs;
-    for (int i = 0; i < 3; ++i, ++it) {
-      if (setup) setup(it);
-      bb::cuda::synchronize();
-      auto t0 = Clock::now();
-      timed(it);
-      hs.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
-      bb::cuda::synchronize();
-    }
-    r.host_us = median(hs);
-    double delay_us = 2.0 * r.host_us + 20.0;
-    // One timed call for the estimate of how many fit in target_ms.
-    bb::cuda::Event a, b;
-    if (setup) setup(it);
-    delay(delay_us);
-    a.record();
-    timed(it++);
-    b.record();
-    b.synchronize();
-    double est = std::max(1e-3, static_cast<double>(b.elapsed_ms(a)));
-    r.reps = std::clamp(static_cast<int>(target_ms / est), min_reps, max_reps);
-    std::vector<bb::cuda::Event> e0, e1;
-    for (int i = 0; i < r.reps; ++i) {
-      e0.emplace_back(true);
-      e1.emplace_back(true);
-    }
-    for (int i = 0; i < r.reps; ++i, ++it) {
-      if (setup) setup(it);
-      delay(delay_us);
-      e0[static_cast<size_t>(i)].record();
-      timed(it);
-      e1[static_cast<size_t>(i)].record();
-    }
-    bb::cuda::synchronize();
-    for (int i = 0; i < r.reps; ++i)
-      r.ms.push_back(static_cast<double>(e1[static_cast<size_t>(i)].elapsed_ms(e0[static_cast<size_t>(i)])));
-    r.median_ms = median(r.ms);
-    r.min_ms = *std::min_element(r.ms.begin(), r.ms.end());
-    r.max_ms = *std::max_element(r.ms.begin(), r.ms.end());
-    return r;
   }
 
   static void header() {
@@ -269,7 +184,7 @@ class Bench {
       if (gbps > 0) j["gbps"] = gbps;
       if (tflops > 0) j["tflops"] = tflops;
       double fc = 0, fl = 0;
-      if (c.ceiling == "copy" && gbps > 0 && copy_gbps > 0) j["frac_of_copy"] = fc = gbps / copy_gbps;
+      if (c.ceiling == "copy" && gbps > 0 && timer.copy_gbps > 0) j["frac_of_copy"] = fc = gbps / timer.copy_gbps;
       if (c.ceiling == "cublaslt" && tflops > 0 && cublaslt_tflops > 0) j["frac_of_cublaslt"] = fl = tflops / cublaslt_tflops;
       std::printf("%-26s %-5s %6lld %-30s %10.1f %8.0f %6s %8s %6s %5d%s\n", c.name.c_str(), bb::dtype_name(c.dtype),
                   static_cast<long long>(c.tokens), c.shape.substr(0, 30).c_str(), m.median_ms * 1e3, gbps,
@@ -293,9 +208,6 @@ class Bench {
     } catch (const std::exception&) {
     }
   }
-
- private:
-  Tensor delay_src_, delay_dst_;
 };
 
 // ---- the ceilings, measured raw ---------------------------------------------------
@@ -339,13 +251,13 @@ void ceiling_copy(Bench& b, json& ceilings) {
     CUDA_OK(cudaMemcpyAsync(dst.data_ptr(), src.data_ptr(), bytes, cudaMemcpyDeviceToDevice, st));
   });
   CUDA_OK(cudaStreamDestroy(st));
-  b.copy_gbps = 2.0 * static_cast<double>(bytes) / (t.median_ms * 1e-3) / 1e9;
+  b.timer.copy_gbps = 2.0 * static_cast<double>(bytes) / (t.median_ms * 1e-3) / 1e9;
   ceilings["copy"] = {{"what", "cudaMemcpyAsync device-to-device, 1 GiB, own stream"},
                   {"bytes_formula", "2 * 2^30 (read + write)"},
                   {"median_ms", t.median_ms},
                   {"reps", t.reps},
-                  {"gbps", b.copy_gbps}};
-  std::printf("ceiling: raw D2D copy of 1 GiB: %.3f ms -> %.0f GB/s (read + write)\n", t.median_ms, b.copy_gbps);
+                  {"gbps", b.timer.copy_gbps}};
+  std::printf("ceiling: raw D2D copy of 1 GiB: %.3f ms -> %.0f GB/s (read + write)\n", t.median_ms, b.timer.copy_gbps);
   // barbell's own copy of the same bytes, for comparison
   Bench::Fns f;
   Case c;
@@ -893,7 +805,7 @@ int main(int argc, char** argv) {
   for (auto& r : b.results)
     if (r.contains("error")) ++errors;
   std::printf("\nbench_kernels: %zu cases, %d errors, %.0f s; ceilings: copy %.0f GB/s, cuBLASLt bf16 %.1f TFLOP/s\n",
-              b.results.size(), errors, secs, b.copy_gbps, b.cublaslt_tflops);
+              b.results.size(), errors, secs, b.timer.copy_gbps, b.cublaslt_tflops);
   if (!json_path.empty()) {
     std::ofstream f(json_path);
     f << out.dump(2) << "\n";
