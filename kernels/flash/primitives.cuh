@@ -1,10 +1,10 @@
 // The few warp-level primitives the flash-attention kernels are written in: tensor-core
 // mma.sync (m16n8k16, bf16/f16 in, fp32 accumulate), ldmatrix, cp.async, shuffles,
 // barriers and the fast exp2. The kernels (flash/forward.cuh, flash/backward.cuh) use
-// nothing else of the GPU, so they also compile for the host: with BB_FLASH_SIM
-// defined, tests/sim/warp_sim.hpp supplies the same functions as an emulation of one
-// thread block (each CUDA thread a coroutine, the warp collectives done as the PTX ISA
-// defines them), and the CPU tests run the real kernel code on small shapes.
+// nothing else of the GPU, so they also compile for the host: for the emulated device
+// (BARBELL_CUDA_EMULATE) and the standalone kernel tests (tests/sim, BB_FLASH_SIM),
+// emu/flash_prims.hpp supplies the same functions on barbell's host emulator of the GPU
+// (each CUDA thread a coroutine, the warp collectives done as the PTX ISA defines them).
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16/.f16; g = lane / 4, t = lane % 4):
 //   A 16x16 (row major), 4 regs of 2 halves: a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..),
@@ -21,8 +21,8 @@
 #include <cstdint>
 #include <type_traits>
 
-#ifdef BB_FLASH_SIM
-#include "warp_sim.hpp"  // tests/sim: the host emulation of everything below
+#if defined(BB_FLASH_SIM) || defined(BARBELL_CUDA_EMULATE)
+#include "flash_prims.hpp"  // emu/: the host emulation of everything below
 #else
 
 #include <cuda_runtime.h>
@@ -140,4 +140,4 @@ BB_FA_DEVICE float to_float(T x) {
 
 }  // namespace barbell::gpu::fa
 
-#endif  // BB_FLASH_SIM
+#endif  // BB_FLASH_SIM || BARBELL_CUDA_EMULATE

@@ -1,5 +1,5 @@
 // The real flash-attention kernels (kernels/flash/forward.cuh, backward.cuh) run on the
-// host under the warp emulator (tests/sim/warp_sim.hpp) and are compared with a float64
+// host under the warp emulator (emu/, through kernels/flash/primitives.cuh) and are compared with a float64
 // reference computed from the same bf16 / f16-rounded inputs:
 //   forward:  O = softmax(Q K^T * scale + causal mask) V, lse = logsumexp (natural log)
 //   backward: dV = P^T dO, dP = dO V^T, delta_i = sum_j P_ij dP_ij,
@@ -40,7 +40,7 @@
 #include "flash/backward.cuh"
 #include "flash/forward.cuh"
 #include "flash/params.hpp"
-#include "warp_sim.hpp"
+#include "flash/primitives.cuh"
 
 using namespace barbell::gpu::fa;
 
