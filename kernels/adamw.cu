@@ -32,6 +32,7 @@ constexpr size_t kParamBytes = 32000;                         // under the 32764
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 
 // One tensor. S is the moments' type (float, or double for f64 parameters).
@@ -166,7 +167,8 @@ void launch_group(const std::vector<const AdamWItem*>& items, double lr, double 
   };
   auto flush = [&] {
     if (batch->count == 0) return;
-    adamw_kernel<T, S><<<static_cast<unsigned>(batch->block_start[batch->count]), kThreads, 0, st>>>(*batch);
+    BB_LAUNCH(static_cast<unsigned>(batch->block_start[batch->count]), kThreads, 0, st, adamw_kernel<T, S>)
+    (*batch);
     BB_CUDA_LAUNCH_CHECK();
     reset();
   };

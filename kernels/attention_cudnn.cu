@@ -609,6 +609,11 @@ Tensor input_operand(const Tensor& t) { return usable(t) ? t : contiguous_copy(t
 // ---- launchers -------------------------------------------------------------------------------------
 
 bool cudnn_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v, std::string* why) {
+#ifdef BARBELL_CUDA_EMULATE
+  (void)q, (void)k, (void)v;
+  if (why) *why = "the device is barbell's host emulator of the GPU, and cuDNN's kernels need a real GPU";
+  return false;
+#endif
   std::string reason = input_problem(q, k, v);
 #ifdef BB_HAVE_CUDNN_HEADERS
   if (reason.empty()) reason = platform_problem(q, k);

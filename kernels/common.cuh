@@ -13,6 +13,7 @@
 #include "barbell/core/tensor.hpp"
 #include "check.cuh"
 #include "cuda/runtime.hpp"
+#include "launch.cuh"
 
 // After every launch: a bad configuration or an earlier asynchronous fault surfaces
 // here as barbell::CudaError naming the kernel's file and line.

@@ -26,6 +26,7 @@ namespace {
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));
@@ -300,13 +301,13 @@ void cross_entropy(const Tensor& loss, const Tensor& count, const Tensor& lse, c
     if (rows > 0) {
       row_loss = empty({rows}, {std::is_same_v<A, double> ? DType::F64 : DType::F32, logits.device()});
       prl = ptr<A>(row_loss);
-      ce_forward<T, I, L><<<static_cast<unsigned>(rows), row_threads(V, kVec<T>), 0, st>>>(
-          ptr<L>(lse), prl, ptr<T>(logits), ptr<I>(targets), V, static_cast<long long>(ignore_index));
+      BB_LAUNCH(static_cast<unsigned>(rows), row_threads(V, kVec<T>), 0, st, ce_forward<T, I, L>)
+      (ptr<L>(lse), prl, ptr<T>(logits), ptr<I>(targets), V, static_cast<long long>(ignore_index));
       BB_CUDA_LAUNCH_CHECK();
     }
-    ce_mean<I, A><<<1, 1024, 0, st>>>(loss.data_ptr(), static_cast<int>(loss.dtype()), count.data_ptr(),
-                                      static_cast<int>(count.dtype()), prl, ptr<I>(targets), rows,
-                                      static_cast<long long>(ignore_index));
+    BB_LAUNCH(1, 1024, 0, st, ce_mean<I, A>)
+    (loss.data_ptr(), static_cast<int>(loss.dtype()), count.data_ptr(), static_cast<int>(count.dtype()), prl,
+     ptr<I>(targets), rows, static_cast<long long>(ignore_index));
     BB_CUDA_LAUNCH_CHECK();
   });
 }
@@ -331,10 +332,10 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
     using T = typename decltype(ttag)::type;
     using I = typename decltype(itag)::type;
     using L = typename decltype(ltag)::type;
-    ce_backward<T, I, L><<<static_cast<unsigned>(rows), row_threads(V, kVec<T>), 0, st>>>(
-        ptr<T>(dlogits), ptr<T>(logits), ptr<I>(targets), ptr<L>(lse), dloss.data_ptr(),
-        static_cast<int>(dloss.dtype()), count.data_ptr(), static_cast<int>(count.dtype()), V,
-        static_cast<long long>(ignore_index), vec);
+    BB_LAUNCH(static_cast<unsigned>(rows), row_threads(V, kVec<T>), 0, st, ce_backward<T, I, L>)
+    (ptr<T>(dlogits), ptr<T>(logits), ptr<I>(targets), ptr<L>(lse), dloss.data_ptr(),
+     static_cast<int>(dloss.dtype()), count.data_ptr(), static_cast<int>(count.dtype()), V,
+     static_cast<long long>(ignore_index), vec);
     BB_CUDA_LAUNCH_CHECK();
   });
 }

@@ -74,7 +74,8 @@ void dropout_mask(const Tensor& mask, double p, uint64_t seed, uint64_t offset) 
   const auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
   float* pm = ptr<float>(mask);
   const bool vec = reinterpret_cast<uintptr_t>(pm) % 16 == 0;
-  dropout_kernel<<<grid_for((n + 3) / 4, kThreads), kThreads, 0, st>>>(pm, n, seed, offset, threshold, keep_scale, vec);
+  BB_LAUNCH(grid_for((n + 3) / 4, kThreads), kThreads, 0, st, dropout_kernel)
+  (pm, n, seed, offset, threshold, keep_scale, vec);
   BB_CUDA_LAUNCH_CHECK();
 }
 

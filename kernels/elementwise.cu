@@ -246,6 +246,7 @@ struct WhereF {
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 
 template <int VEC, typename T>
@@ -438,7 +439,7 @@ void launch_strided(const Layout<N>& L, int64_t n, cudaStream_t stream, const F&
     ix.size[d] = typename decltype(ix)::div_t(static_cast<typename decltype(ix)::lin_t>(L.shape[src]));
     for (size_t k = 0; k < N; ++k) ix.stride[d][k] = static_cast<typename decltype(ix)::off_t>(L.strides[k][src]);
   }
-  strided_kernel<Wide><<<grid_for(n, kThreads), kThreads, 0, stream>>>(f, n, ix, out, in...);
+  BB_LAUNCH(grid_for(n, kThreads), kThreads, 0, stream, strided_kernel<Wide>)(f, n, ix, out, in...);
   BB_CUDA_LAUNCH_CHECK();
 }
 
@@ -468,7 +469,8 @@ void launch(const char* op, const Tensor& out, const std::array<Shape, 1 + sizeo
     };
     (check(pin), ...);
     if (ok) {
-      vector_kernel<VEC><<<grid_for((n + VEC - 1) / VEC, kThreads), kThreads, 0, stream>>>(f, n, bcast, po, pin...);
+      BB_LAUNCH(grid_for((n + VEC - 1) / VEC, kThreads), kThreads, 0, stream, vector_kernel<VEC>)
+      (f, n, bcast, po, pin...);
       BB_CUDA_LAUNCH_CHECK();
       return;
     }

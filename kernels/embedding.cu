@@ -9,7 +9,11 @@
 // the run lies inside the chunk. A run that crosses chunk boundaries leaves one partial
 // per chunk, and a fix-up kernel adds them in chunk order and writes the row. dweight
 // is zero-filled first, so unused rows read 0. Same ids, same bits, every run.
+#ifdef BARBELL_CUDA_EMULATE
+#include "cub_emu.hpp"  // CUB's device-wide radix sort on the emulated device
+#else
 #include <cub/device/device_radix_sort.cuh>
+#endif
 
 #include <algorithm>
 #include <climits>
@@ -24,6 +28,7 @@ namespace {
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 
 constexpr int kThreads = 256;
@@ -51,8 +56,8 @@ void launch_gather(void* out, const void* weight, const I* ids, int64_t rows, in
   const int tx = static_cast<int>(std::min<int64_t>(kThreads, (words + 31) / 32 * 32));
   const int ty = kThreads / tx;
   const int64_t grid = std::min<int64_t>((rows + ty - 1) / ty, int64_t(1) << 20);
-  embedding_gather<I, W><<<static_cast<unsigned>(grid), dim3(tx, ty), 0, st>>>(
-      static_cast<W*>(out), static_cast<const W*>(weight), ids, rows, words);
+  BB_LAUNCH(static_cast<unsigned>(grid), dim3(tx, ty), 0, st, embedding_gather<I, W>)
+  (static_cast<W*>(out), static_cast<const W*>(weight), ids, rows, words);
   BB_CUDA_LAUNCH_CHECK();
 }
 
@@ -158,10 +163,12 @@ void launch_bwd_sums(T* dw, acc_t<T>* part, const uint32_t* keys, const int32_t*
                      int64_t C, int64_t nchunks, cudaStream_t st) {
   const int64_t cvec = C / VEC;
   const int tx = static_cast<int>(std::min<int64_t>(kThreads, (cvec + 31) / 32 * 32));
-  embedding_bwd_chunks<T, VEC><<<static_cast<unsigned>(nchunks), tx, 0, st>>>(dw, part, keys, pos, dy, n, C);
+  BB_LAUNCH(static_cast<unsigned>(nchunks), tx, 0, st, embedding_bwd_chunks<T, VEC>)
+  (dw, part, keys, pos, dy, n, C);
   BB_CUDA_LAUNCH_CHECK();
   if (nchunks > 1) {
-    embedding_bwd_fixup<T, VEC><<<static_cast<unsigned>(nchunks), tx, 0, st>>>(dw, part, keys, n, C, nchunks);
+    BB_LAUNCH(static_cast<unsigned>(nchunks), tx, 0, st, embedding_bwd_fixup<T, VEC>)
+    (dw, part, keys, n, C, nchunks);
     BB_CUDA_LAUNCH_CHECK();
   }
 }
@@ -299,7 +306,7 @@ void embedding_backward(const Tensor& dweight, const Tensor& dy, const Tensor& i
 
     dispatch_index(ids.dtype(), op, [&](auto itag) {
       using I = typename decltype(itag)::type;
-      sort_input<I><<<grid_for(n, kThreads), kThreads, 0, st>>>(keys_in, pos_in, ptr<I>(ids), n);
+      BB_LAUNCH(grid_for(n, kThreads), kThreads, 0, st, sort_input<I>)(keys_in, pos_in, ptr<I>(ids), n);
       BB_CUDA_LAUNCH_CHECK();
     });
     size_t temp_bytes = sort_bytes;
@@ -332,10 +339,11 @@ void index_range(const Tensor& ids, int64_t ignore, bool has_ignore, int64_t* lo
   long long* part = out + 2;
   dispatch_index(ids.dtype(), op, [&](auto itag) {
     using I = typename decltype(itag)::type;
-    id_minmax<I><<<nparts, kThreads, 0, st>>>(part, ptr<I>(ids), n, static_cast<long long>(ignore), has_ignore);
+    BB_LAUNCH(nparts, kThreads, 0, st, id_minmax<I>)
+    (part, ptr<I>(ids), n, static_cast<long long>(ignore), has_ignore);
     BB_CUDA_LAUNCH_CHECK();
   });
-  id_minmax_final<<<1, kThreads, 0, st>>>(out, part, static_cast<int>(nparts));
+  BB_LAUNCH(1, kThreads, 0, st, id_minmax_final)(out, part, static_cast<int>(nparts));
   BB_CUDA_LAUNCH_CHECK();
   long long host[2] = {0, 0};
   BB_CUDA_CHECK(cudaMemcpyAsync(host, out, sizeof(host), cudaMemcpyDeviceToHost, st));

@@ -80,7 +80,7 @@ template <typename Kernel, typename Params>
 void launch(Kernel kernel, const fa::LaunchShape& s, const Params& p, cudaStream_t stream) {
   if (s.grid_x == 0 || s.grid_y == 0 || s.grid_z == 0) return;
   if (s.smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(kernel), s.smem);
-  kernel<<<dim3(s.grid_x, s.grid_y, s.grid_z), s.threads, s.smem, stream>>>(p);
+  BB_LAUNCH_FN(dim3(s.grid_x, s.grid_y, s.grid_z), s.threads, s.smem, stream, kernel)(p);
   BB_CUDA_LAUNCH_CHECK();
 }
 

@@ -24,6 +24,7 @@ namespace {
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 template <typename T>
 constexpr int kVec = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte access
@@ -457,12 +458,12 @@ void norm_forward(const Tensor& y, const Tensor& mean, const Tensor& rstd, const
   if (p.items > 0) {
     const int64_t grid = (rows + p.ngroups - 1) / p.ngroups;
     with_items<max_items<T>(kFwdElems)>(p.items, [&](auto ic) {
-      norm_fwd_reg<T, S, RMS, decltype(ic)::value><<<static_cast<unsigned>(grid), p.block, 0, st>>>(
-          py, pm, pr, px, pw, pb, rows, static_cast<int>(n), p.gw, static_cast<A>(eps));
+      BB_LAUNCH(static_cast<unsigned>(grid), p.block, 0, st, norm_fwd_reg<T, S, RMS, decltype(ic)::value>)
+      (py, pm, pr, px, pw, pb, rows, static_cast<int>(n), p.gw, static_cast<A>(eps));
     });
   } else {
-    norm_fwd_rows<T, S, RMS><<<static_cast<unsigned>(rows), kBlock, 0, st>>>(py, pm, pr, px, pw, pb, n,
-                                                                          static_cast<A>(eps));
+    BB_LAUNCH(static_cast<unsigned>(rows), kBlock, 0, st, norm_fwd_rows<T, S, RMS>)
+    (py, pm, pr, px, pw, pb, n, static_cast<A>(eps));
   }
   BB_CUDA_LAUNCH_CHECK();
 }
@@ -508,12 +509,12 @@ void norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const T
   if (P > 0 && (pdx || nouts > 0)) {
     if (p.items > 0) {
       with_items<max_items<T>(kBwdElems)>(p.items, [&](auto ic) {
-        norm_bwd_reg<T, S, RMS, decltype(ic)::value><<<static_cast<unsigned>(P), p.block, 0, st>>>(
-            pdx, part_dw, part_db, pdy, px, pm, pr, pw, rows, static_cast<int>(n), p.gw, chunk);
+        BB_LAUNCH(static_cast<unsigned>(P), p.block, 0, st, norm_bwd_reg<T, S, RMS, decltype(ic)::value>)
+        (pdx, part_dw, part_db, pdy, px, pm, pr, pw, rows, static_cast<int>(n), p.gw, chunk);
       });
     } else {
-      norm_bwd_rows<T, S, RMS><<<static_cast<unsigned>(P), kBlock, 0, st>>>(pdx, part_dw, part_db, pdy, px, pm, pr,
-                                                                             pw, rows, n, chunk);
+      BB_LAUNCH(static_cast<unsigned>(P), kBlock, 0, st, norm_bwd_rows<T, S, RMS>)
+      (pdx, part_dw, part_db, pdy, px, pm, pr, pw, rows, n, chunk);
     }
     BB_CUDA_LAUNCH_CHECK();
   }
@@ -521,11 +522,11 @@ void norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, const T
   const dim3 cblock(32, 32);
   const unsigned cgrid = static_cast<unsigned>((n + 31) / 32);
   if (dw.defined()) {
-    column_sum<T, A><<<cgrid, cblock, 0, st>>>(ptr<T>(dw), part_dw, P, n);
+    BB_LAUNCH(cgrid, cblock, 0, st, column_sum<T, A>)(ptr<T>(dw), part_dw, P, n);
     BB_CUDA_LAUNCH_CHECK();
   }
   if (db.defined()) {
-    column_sum<T, A><<<cgrid, cblock, 0, st>>>(ptr<T>(db), part_db, P, n);
+    BB_LAUNCH(cgrid, cblock, 0, st, column_sum<T, A>)(ptr<T>(db), part_db, P, n);
     BB_CUDA_LAUNCH_CHECK();
   }
 }

@@ -485,6 +485,7 @@ __global__ void zero_kernel(T* __restrict__ c, int64_t batch, int64_t sc, int64_
 template <typename T, int VEC>
 struct alignas(sizeof(T) * VEC) Pack {
   T v[VEC];
+  BB_VECTOR_ACCESS(Pack)
 };
 
 template <typename A>
@@ -531,11 +532,11 @@ void launch_bias_act_vec(cudaStream_t s, T* y, int64_t ldy, T* pre, int64_t ldp,
   constexpr int kThreads = 256;
   const unsigned grid = grid_for(rows * (C / VEC), kThreads);
   if (gelu && pre)
-    bias_act_kernel<T, VEC, true, true><<<grid, kThreads, 0, s>>>(y, ldy, pre, ldp, bias, rows, C);
+    BB_LAUNCH(grid, kThreads, 0, s, bias_act_kernel<T, VEC, true, true>)(y, ldy, pre, ldp, bias, rows, C);
   else if (gelu)
-    bias_act_kernel<T, VEC, true, false><<<grid, kThreads, 0, s>>>(y, ldy, pre, ldp, bias, rows, C);
+    BB_LAUNCH(grid, kThreads, 0, s, bias_act_kernel<T, VEC, true, false>)(y, ldy, pre, ldp, bias, rows, C);
   else
-    bias_act_kernel<T, VEC, false, false><<<grid, kThreads, 0, s>>>(y, ldy, pre, ldp, bias, rows, C);
+    BB_LAUNCH(grid, kThreads, 0, s, bias_act_kernel<T, VEC, false, false>)(y, ldy, pre, ldp, bias, rows, C);
   BB_CUDA_LAUNCH_CHECK();
 }
 
@@ -570,8 +571,8 @@ bool gemm(const Gemm& g) {
     dispatch_float(g.dtype, "gpu matmul", [&](auto tag) {
       using T = typename decltype(tag)::type;
       constexpr int kThreads = 256;
-      zero_kernel<T><<<grid_for(g.batch * g.M * g.N, kThreads), kThreads, 0, g.stream>>>(
-          static_cast<T*>(g.c), g.batch, g.sc, g.M, g.N, g.cs0, g.cs1);
+      BB_LAUNCH(grid_for(g.batch * g.M * g.N, kThreads), kThreads, 0, g.stream, zero_kernel<T>)
+      (static_cast<T*>(g.c), g.batch, g.sc, g.M, g.N, g.cs0, g.cs1);
       BB_CUDA_LAUNCH_CHECK();
     });
     return g.epilogue == CUBLASLT_EPILOGUE_DEFAULT;
@@ -832,7 +833,7 @@ void linear(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& bia
            ShapeError,
            "gpu linear: y is {}, x is {}, weight is {}; expected y [N, out] = x [N, in] @ weight [out, in]^T",
            shape_str(y.shape()), shape_str(x.shape()), shape_str(w.shape()));
-  const int64_t out = w.shape()[0], in = w.shape()[1];
+  const int64_t out = w.shape()[0];
   const DType dt = y.dtype();
   BB_CHECK(x.dtype() == dt && w.dtype() == dt, DTypeError, "gpu linear: dtypes differ: y {}, x {}, weight {}",
            dtype_name(dt), dtype_name(x.dtype()), dtype_name(w.dtype()));
@@ -928,14 +929,14 @@ void bias_grad(const Tensor& db, const Tensor& dy) {
     A* pp = static_cast<A*>(part.data_ptr());
     const dim3 grid(static_cast<unsigned>(col_tiles), static_cast<unsigned>(chunks));
     const dim3 block(kColTile, kRowLanes);
-    colsum_partial_kernel<T, A>
-        <<<grid, block, 0, s>>>(static_cast<const T*>(dy.data_ptr()), ld, rows, C, rows_per_chunk, pp);
+    BB_LAUNCH(grid, block, 0, s, colsum_partial_kernel<T, A>)
+    (static_cast<const T*>(dy.data_ptr()), ld, rows, C, rows_per_chunk, pp);
     BB_CUDA_LAUNCH_CHECK();
     dispatch_float(db.dtype(), "gpu bias_grad", [&](auto out_tag) {
       using U = typename decltype(out_tag)::type;
       constexpr int kThreads = 256;
-      colsum_final_kernel<A, U>
-          <<<grid_for(C, kThreads), kThreads, 0, s>>>(pp, chunks, C, static_cast<U*>(db.data_ptr()));
+      BB_LAUNCH(grid_for(C, kThreads), kThreads, 0, s, colsum_final_kernel<A, U>)
+      (pp, chunks, C, static_cast<U*>(db.data_ptr()));
       BB_CUDA_LAUNCH_CHECK();
     });
   });

@@ -29,6 +29,7 @@ constexpr int kF64 = static_cast<int>(DType::F64), kBF16 = static_cast<int>(DTyp
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 
 struct Desc {
@@ -143,7 +144,7 @@ void sum_of_squares(const Tensor& out, const std::vector<Tensor>& xs) {
   auto flush = [&] {
     if (batch->count == 0) return;
     const int nblocks = batch->block_start[batch->count];
-    sumsq_kernel<<<static_cast<unsigned>(nblocks), kThreads, 0, st>>>(*batch, pp);
+    BB_LAUNCH(static_cast<unsigned>(nblocks), kThreads, 0, st, sumsq_kernel)(*batch, pp);
     BB_CUDA_LAUNCH_CHECK();
     batch->part_offset += nblocks;
     batch->count = 0;
@@ -160,7 +161,7 @@ void sum_of_squares(const Tensor& out, const std::vector<Tensor>& xs) {
     ++batch->count;
   }
   flush();
-  sumsq_final<<<1, 1024, 0, st>>>(out.data_ptr(), static_cast<int>(out.dtype()), pp, total_blocks);
+  BB_LAUNCH(1, 1024, 0, st, sumsq_final)(out.data_ptr(), static_cast<int>(out.dtype()), pp, total_blocks);
   BB_CUDA_LAUNCH_CHECK();
 }
 

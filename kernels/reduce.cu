@@ -56,6 +56,7 @@ __device__ __forceinline__ bool is_nan(T v) {
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 
 // ---- the two reductions as policies ---------------------------------------------------------
@@ -362,15 +363,17 @@ void run_reduce(const Op& op, int64_t A, int64_t R, int64_t I, cudaStream_t stre
     pws = static_cast<State*>(ws->get());
   }
   if (I == 1) {
-    if (warp_rows) row_reduce_kernel<Op, true><<<grid, block, 0, stream>>>(op, A, R, chunk, splits, pws);
-    else row_reduce_kernel<Op, false><<<grid, block, 0, stream>>>(op, A, R, chunk, splits, pws);
+    if (warp_rows)
+      BB_LAUNCH(grid, block, 0, stream, row_reduce_kernel<Op, true>)(op, A, R, chunk, splits, pws);
+    else
+      BB_LAUNCH(grid, block, 0, stream, row_reduce_kernel<Op, false>)(op, A, R, chunk, splits, pws);
   } else {
-    col_reduce_kernel<Op><<<grid, block, 0, stream>>>(op, A, R, I, chunk, splits, pws);
+    BB_LAUNCH(grid, block, 0, stream, col_reduce_kernel<Op>)(op, A, R, I, chunk, splits, pws);
   }
   BB_CUDA_LAUNCH_CHECK();
   if (splits > 1) {
     const unsigned fgrid = static_cast<unsigned>(std::min(ceil_div(nout, kThreads / 32), kMaxGrid));
-    finalize_kernel<Op><<<fgrid, kThreads, 0, stream>>>(op, nout, splits, pws);
+    BB_LAUNCH(fgrid, kThreads, 0, stream, finalize_kernel<Op>)(op, nout, splits, pws);
     BB_CUDA_LAUNCH_CHECK();
   }
 }
@@ -449,11 +452,11 @@ void max_dim_backward(const Tensor& dx, const Tensor& dy, const Tensor& indices,
     const int64_t* pi = static_cast<const int64_t*>(indices.data_ptr());
     const unsigned grid = grid_for(n, kThreads);
     if (n <= INT32_MAX) {
-      max_backward_kernel<T, uint32_t><<<grid, kThreads, 0, stream>>>(
-          pdx, pdy, pi, static_cast<uint32_t>(n), static_cast<uint32_t>(R), static_cast<uint32_t>(I));
+      BB_LAUNCH(grid, kThreads, 0, stream, max_backward_kernel<T, uint32_t>)
+      (pdx, pdy, pi, static_cast<uint32_t>(n), static_cast<uint32_t>(R), static_cast<uint32_t>(I));
     } else {
-      max_backward_kernel<T, uint64_t><<<grid, kThreads, 0, stream>>>(
-          pdx, pdy, pi, static_cast<uint64_t>(n), static_cast<uint64_t>(R), static_cast<uint64_t>(I));
+      BB_LAUNCH(grid, kThreads, 0, stream, max_backward_kernel<T, uint64_t>)
+      (pdx, pdy, pi, static_cast<uint64_t>(n), static_cast<uint64_t>(R), static_cast<uint64_t>(I));
     }
     BB_CUDA_LAUNCH_CHECK();
   });

@@ -33,6 +33,7 @@ __device__ __forceinline__ double m_log(double x) { return ::log(x); }
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Vec {
   T v[N];
+  BB_VECTOR_ACCESS(Vec)
 };
 
 // Elements before the first 16-byte boundary at p (at most n).
@@ -321,11 +322,13 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
     const T* px = static_cast<const T*>(x.data_ptr());
     if (n <= kWarpRowMax) {
       with_lane_elems(n, [&](auto k) {
-        softmax_warp_kernel<T, decltype(k)::value><<<grid_for(rows, kWarpThreads / 32), kWarpThreads, 0, stream>>>(
-            py, px, rows, static_cast<int>(n), log);
+        BB_LAUNCH(grid_for(rows, kWarpThreads / 32), kWarpThreads, 0, stream,
+                  softmax_warp_kernel<T, decltype(k)::value>)
+        (py, px, rows, static_cast<int>(n), log);
       });
     } else {
-      softmax_block_kernel<T><<<grid_for(rows, 1), block_threads(n), 0, stream>>>(py, px, rows, n, log);
+      BB_LAUNCH(grid_for(rows, 1), block_threads(n), 0, stream, softmax_block_kernel<T>)
+      (py, px, rows, n, log);
     }
     BB_CUDA_LAUNCH_CHECK();
   });
@@ -349,13 +352,13 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
     const T* py = static_cast<const T*>(y.data_ptr());
     if (n <= kWarpRowMax) {
       with_lane_elems(n, [&](auto k) {
-        softmax_backward_warp_kernel<T, decltype(k)::value>
-            <<<grid_for(rows, kWarpThreads / 32), kWarpThreads, 0, stream>>>(pdx, pdy, py, rows,
-                                                                           static_cast<int>(n), log);
+        BB_LAUNCH(grid_for(rows, kWarpThreads / 32), kWarpThreads, 0, stream,
+                  softmax_backward_warp_kernel<T, decltype(k)::value>)
+        (pdx, pdy, py, rows, static_cast<int>(n), log);
       });
     } else {
-      softmax_backward_block_kernel<T><<<grid_for(rows, 1), block_threads(n), 0, stream>>>(pdx, pdy, py, rows, n,
-                                                                                          log);
+      BB_LAUNCH(grid_for(rows, 1), block_threads(n), 0, stream, softmax_backward_block_kernel<T>)
+      (pdx, pdy, py, rows, n, log);
     }
     BB_CUDA_LAUNCH_CHECK();
   });

@@ -219,6 +219,7 @@ Tensor activation(cpu::UnaryOp op, const char* name, const Tensor& x) {
   autograd::record(name, out, {x}, [op, name, xd](const Tensor& g) -> std::vector<Tensor> {
     Tensor gc = g.dtype() == xd.dtype() ? g : g.to(xd.dtype());
     Tensor dx = empty(xd.shape(), xd.options());
+    (void)name;  // used by BB_GPU only when the CUDA backend is built
     if (xd.is_cpu()) cpu::unary_backward(op, dx, gc, xd);
     else BB_GPU(name, xd, gpu::unary_backward(op, dx, gc, xd));
     return {dx};
