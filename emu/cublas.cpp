@@ -109,7 +109,7 @@ cublasStatus_t gemm_strided_batched(const char* call, cublasHandle_t handle, cub
   for (cublasOperation_t t : {transa, transb})
     if (t != CUBLAS_OP_N && t != CUBLAS_OP_T && t != CUBLAS_OP_C)
       return fail(call, CUBLAS_STATUS_INVALID_VALUE,
-                  "transa/transb " + str(t) + " is not a cublasOperation_t");
+                  "transa/transb " + str(t) + " is not CUBLAS_OP_N, CUBLAS_OP_T or CUBLAS_OP_C");
   const bool ta = transa != CUBLAS_OP_N, tb = transb != CUBLAS_OP_N;
   // lda >= max(1, m) when transa == N, max(1, k) otherwise; ldb >= max(1, k) / max(1, n); ldc >= max(1, m).
   const int64_t a_rows = ta ? k : m, b_rows = tb ? n : k;

@@ -222,7 +222,7 @@ cublasStatus_t check_problem(const char* call, cublasLtHandle_t h, cublasLtMatmu
   for (int32_t t : {ds.transa, ds.transb})
     if (t != CUBLAS_OP_N && t != CUBLAS_OP_T && t != CUBLAS_OP_C)
       return fail(call, CUBLAS_STATUS_INVALID_VALUE,
-                  "TRANSA/TRANSB " + std::to_string(t) + " is not a cublasOperation_t");
+                  "TRANSA/TRANSB " + std::to_string(t) + " is not CUBLAS_OP_N, CUBLAS_OP_T or CUBLAS_OP_C");
   p->ta = ds.transa != CUBLAS_OP_N;  // CUBLAS_OP_C is CUBLAS_OP_T for real types
   p->tb = ds.transb != CUBLAS_OP_N;
 
