@@ -2,7 +2,7 @@
 // include instead of <cub/device/device_radix_sort.cuh> (kernels/embedding.cu's call).
 //
 // From CUB's documentation of DeviceRadixSort (the class and SortPairs comments in
-// cub/device/device_radix_sort.cuh, CCCL as shipped with CUDA 13.1), cited as [doc: ...]:
+// cub/device/device_radix_sort.cuh, CCCL 3.0 as shipped with CUDA 13.0), cited as [doc: ...]:
 //   - the two-phase temporary-storage protocol: "When d_temp_storage is nullptr, the required
 //     allocation size is written to temp_storage_bytes and no work is done"; a buffer smaller than
 //     that is refused with cudaErrorInvalidValue (CUB's AliasTemporaries);

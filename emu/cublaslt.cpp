@@ -5,7 +5,7 @@
 // cublasLtCreate(), cublasLtMatmul(), cublasLtMatmulAlgoGetHeuristic(), the descriptor
 // create/destroy/set functions, cublasLtMatmulDescAttributes_t, cublasLtMatrixLayoutAttribute_t,
 // cublasLtMatmulPreferenceAttributes_t, cublasLtEpilogue_t, cublasLtReductionScheme_t) and the
-// same documentation in cublasLt.h (CUDA 13.1), cited below as [doc: section].
+// same documentation in cublasLt.h (cuBLAS 13.1, CUDA 13.0), cited below as [doc: section].
 //
 // The emulated algorithms. The heuristic chooses among a few algorithms with the properties that
 // matter to a caller: VEC16 assumes 16-byte aligned matrices, leading dimensions and batch
