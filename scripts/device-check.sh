@@ -494,7 +494,7 @@ TRAIN_ARGS=(--preset tiny --n-embd 128 --n-head 2 --steps 40 --batch 64 --warmup
 declare -A TRAIN_RC
 judge_trainpart() { TRAIN_RC[$1]=$2; }  # recorded with the comparison
 job_start "train cuda" trainpart "$TRAIN_LOG" "${DL[1]}" "${BB_ENV[@]}" "$(prog barbell-train)" "${TRAIN_ARGS[@]}" \
-  --device cuda --attention flash --out "$WORK/train-cuda"
+  --device cuda --attention flash --threads "$OMP" --out "$WORK/train-cuda"
 job_start "train cpu" trainpart "$TRAIN_LOG" "${DL[1]}" "${BB_ENV[@]}" "$(prog barbell-train)" "${TRAIN_ARGS[@]}" \
   --device cpu --threads "$OMP" --out "$WORK/train-cpu"
 T_TRAIN=$(now)
