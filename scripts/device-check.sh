@@ -1,65 +1,78 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU and the CUDA toolkit but none of our
-# Debian packages (the lent H100/H200 machines):
+# The GPU check: one call on a lent H100/H200 machine that returns evidence for every
+# CUDA kernel, cuBLASLt call and cuDNN graph barbell has. NOTHING HERE HAS RUN ON A GPU
+# YET: it was written and dry-run (tests/device_check/dryrun.sh) on a machine without one.
 #
-#   scripts/device-check.sh OUTDIR
+# The procedure (docs/benchmarks.md, "The device check"):
+#   1. here, on the build machine:   bash scripts/bundle-device.sh build
+#      (the CUDA programs for sm_90a without MPI/NCCL, packed with the libraries the GPU
+#      machine lacks into device-bundle/, ~10 MiB; git-ignored, so it travels only when
+#      the call names it)
+#   2. the device call, with the bundle carried beside the checkout:
+#        run(command="bash scripts/device-check.sh $OUT", carry=["device-bundle"], timeout_s=480)
+#      $OUT is the folder whose files come back (at most 8 files, none in subfolders here).
+#      The script's own budget is 420 s (DEVICE_CHECK_BUDGET); timeout_s=480 leaves it a
+#      minute of margin. With the machine's 1-2 minutes of start-up and the copies, the call
+#      costs about 10 of the session's 15 device minutes; the rest allows one short second
+#      call made at once, on the still-warm machine (30 s), e.g. with DEVICE_CHECK_ONLY and
+#      DEVICE_CHECK_BUDGET=150 to redo what broke. Call give_back otherwise.
+#   3. commit what comes back under benchmarks/results/ and summarise it in docs/benchmarks.md.
 #
-# Steps, each under its own `timeout`, the script going on after a failure:
-#   env       GPU and driver (nvidia-smi), toolkit versions, the commit      -> env.txt
-#   binaries  the programs to run: device-bundle/ if present and runnable, else a build
-#             from source (below)                                            -> env.txt
-#   tests     every CUDA test program (cuda_test_*), full sizes              -> tests.log
-#   memcheck  compute-sanitizer --tool memcheck on the tests in quick mode
-#             (BARBELL_TEST_QUICK=1: small sizes)                            -> memcheck.log
-#   bench     bench_kernels --json                                           -> bench.log, bench_kernels.json
-#   attention (after the steps above, in what the budget leaves them; see below)
-#             test      cuda_test_cuda_attention, full sizes                  -> tests.log
-#             memcheck  compute-sanitizer memcheck and racecheck on it in quick mode with
-#             racecheck BARBELL_TEST_FILTER=flash (small shapes, Flash + Math) -> memcheck.log
-#             bench     bench_attention --json, then benchmarks/torch_sdpa.py --json (PyTorch's
-#             torch     SDPA kernels, same shapes) and benchmarks/attention_table.py, which
-#             table     merges both                                           -> bench.log, attention.json
-# and summary.txt: one line per step (PASS / FAIL / TIMEOUT / SKIP, seconds, a note).
-# OUTDIR gets at most 7 files (a device call returns at most 8): the build log, if any, is
-# appended to env.txt. Progress goes to stdout; the summary is printed last. Exit status 0
-# when every step passed.
+# It REFUSES, loudly (exit 3, summary.txt says why), when device-bundle/ is missing (the
+# call did not carry it) or stale (built from other sources than the working tree's:
+# rerun step 1), or when the bundle's programs cannot find their libraries.
 #
-# Attention: with the other steps the attention steps share what those leave (at least
-# 120 s together, kept from them), and the benchmarks run --quick; alone
-# (DEVICE_CHECK_STEPS=attention) they get the whole budget and full sizes:
-#   test 150 s, memcheck 100 s, racecheck 120 s, bench_attention 180 s, torch_sdpa.py 120 s
-# at most, each bounded by the budget left after the minimum slices of the later ones;
-# the benchmarks get --time-budget (they stop starting cases in time, keeping their JSON:
-# the most telling shapes run first). attention.json holds bench_attention's results, or,
-# once the table step ran, both programs' results merged, with the markdown table under
-# "table_markdown" (also printed into bench.log).
+# Phases, each with a deadline (seconds from the start; DEVICE_CHECK_PHASES sets the five
+# lengths, default "20 120 150 110 20" = 420 s). Jobs in a phase run concurrently; a job
+# still running at its phase's deadline is killed (its process group) and recorded as
+# TIMEOUT; time a phase leaves unused goes to the next.
+#   P0  preflight (20 s)     GPU, driver and toolchain (env.txt); the bundle: present,
+#                            matching the sources, unpacked, its libraries found in the CUDA
+#                            toolkit's and PyTorch's site-packages/nvidia/*/lib folders
+#   P1  tests (120 s)        every CUDA test program at full size, concurrently, each with
+#                            OMP_NUM_THREADS = cores / jobs (rounded up) for its CPU reference:
+#                            runtime, ops, nn, gpt, and the attention test split into
+#                            flash (tile configuration 0), flash-t1 (BARBELL_FLASH_FWD_TILES=1,
+#                            the forward's second configuration, checked like the first),
+#                            cudnn (BARBELL_TEST_REQUIRE_CUDNN=1), gpt and errors; and
+#                            train: barbell-train --device cuda in bf16 (flash attention,
+#                            head dim 64) against the same run on the CPU, step by step
+#   P2  sanitizers (150 s)   first, a memcheck rerun (same sizes) of every test program that
+#                            stopped at a sticky CUDA error; then compute-sanitizer memcheck
+#                            on the quick sizes (BARBELL_TEST_QUICK=1) of ops, nn, flash and
+#                            flash-t1, and racecheck on flash, concurrently
+#   P3  benchmarks (110 s)   on an idle GPU, one at a time, quick mode: bench_kernels (every
+#                            kernel, with its ratio to the measured copy and cuBLASLt
+#                            ceilings), bench_attention (flash and cuDNN), bench_attention
+#                            --flash-tiles 1 (forward), benchmarks/torch_sdpa.py (PyTorch's
+#                            SDPA kernels), each stopped from starting cases in time
+#   P4  wrap-up (20 s)       the attention table (attention_table.py), the file check, the
+#                            summary
 #
-# Where the programs come from:
-#   1. device-bundle/payload.tar.xz, made here by scripts/bundle-device.sh after a normal
-#      build (the tests, bench_kernels, libbarbell.so and the libraries the device lacks).
-#      It is unpacked to a temporary directory and run with LD_LIBRARY_PATH=<it>/lib plus
-#      the device's CUDA library directories. If ldd finds a library missing there (the
-#      device's CUDA toolkit has another major version, say), it looks for it on the
-#      machine; a too-old libstdc++ is replaced by the bundle's lib/fallback/. A bundle
-#      built from other sources than these (SOURCE_HASH) is used, with a warning: STALE.
-#   2. Otherwise (no bundle, binaries that cannot run, or DEVICE_CHECK_BUILD=1) a build
-#      from source with the device's nvcc for sm_90a, using the headers and CMake packages
-#      of fmt, nlohmann-json, CLI11, Catch2 and OpenBLAS from the bundle's deps/ (or from
-#      $BARBELL_DEVICE_DEPS, a prefix laid out like /usr). Without them the build cannot
-#      configure, and the summary says so.
+# What comes back in OUTDIR (8 files, flat):
+#   summary.txt   one line per step: PASS / FAIL / TIMEOUT / SKIP, seconds, a note; then
+#                 OVERALL. Rewritten as each step ends, so it holds every finished step even
+#                 if the call is cut off; printed last on stdout.
+#   env.txt       GPU, driver, toolchain, bundle, library folders, ldd of the programs
+#   tests.log     the test programs' output (P1), train.log the training comparison,
+#   sanitizers.log  compute-sanitizer's (P2), bench.log the benchmarks' (P3),
+#   bench_kernels.json, attention.json (bench_attention, both tile configurations,
+#                 torch_sdpa and the markdown table merged)
 #
-# Environment: DEVICE_CHECK_BUDGET (seconds for the whole script, default 450),
-# DEVICE_CHECK_STEPS (default "tests,memcheck,bench,attention"; "attention" is the five
-# attention steps, also selectable one by one as attn-test, attn-memcheck,
-# attn-racecheck, attn-bench, attn-torch; the table runs with either of the last two),
-# DEVICE_CHECK_BENCH_ARGS (extra bench_kernels flags, e.g. "--quick" or "--only
-# layer_norm"), DEVICE_CHECK_ATTN_BENCH_ARGS (extra flags for bench_attention and
-# torch_sdpa.py, e.g. "--f16"; default "--quick" when other steps run too),
-# DEVICE_CHECK_BUILD=1 (build from source even with a bundle), DEVICE_CHECK_TESTS (test
-# names, default "runtime ops nn gpt"; the attention test runs in the attention steps).
+# LD_LIBRARY_PATH (the bundle's lib/, then the library folders found) is set only for
+# barbell's programs (BB_ENV), never for Python: torch_sdpa.py runs on PyTorch's own.
 #
-# scripts/device-check.sh --source-hash prints the hash of the sources (bundle-device.sh
-# records it in the bundle).
+# Exit status: 0 every step passed; 1 a step failed or timed out; 2 nothing failed but some
+# step was skipped; 3 refused (no bundle, stale bundle, libraries missing).
+#
+# Environment: DEVICE_CHECK_BUDGET (total seconds, default 420; the phases scale with it),
+# DEVICE_CHECK_PHASES (the five phase lengths, instead), DEVICE_CHECK_ONLY (an extended
+# regex: run only the steps whose names match, e.g. '^attention|^bench_attention'),
+# DEVICE_CHECK_KEEP=1 (keep the work folder), DEVICE_CHECK_SITE_PACKAGES (more folders to
+# look in for nvidia/*/lib); for the dry run's short phases DEVICE_CHECK_RERUN_MIN (20 s)
+# and DEVICE_CHECK_MIN_SLOT (8 s), the least time a memcheck rerun or a benchmark starts
+# with. `scripts/device-check.sh --source-hash` prints the hash of the sources
+# (bundle-device.sh records it in the bundle).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -73,540 +86,550 @@ if [[ ${1:-} == --source-hash ]]; then
   exit 0
 fi
 
-OUTDIR=${1:?usage: scripts/device-check.sh OUTDIR}
+OUTDIR=${1:?usage: bash scripts/device-check.sh OUTDIR (on the GPU machine; see the header)}
 mkdir -p "$OUTDIR" && OUTDIR=$(cd "$OUTDIR" && pwd)
-BUDGET=${DEVICE_CHECK_BUDGET:-450}
-STEPS=${DEVICE_CHECK_STEPS:-tests,memcheck,bench,attention}
-BENCH_ARGS=${DEVICE_CHECK_BENCH_ARGS:-}
 T0=$(date +%s)
+now() { echo $(($(date +%s) - T0)); }
+say() { printf '[device-check %4ss] %s\n' "$(now)" "$*"; }
+
+# ---- phases -----------------------------------------------------------------------------
+BUDGET=${DEVICE_CHECK_BUDGET:-420}
+if [[ -n ${DEVICE_CHECK_PHASES:-} ]]; then
+  read -r -a PH <<<"$DEVICE_CHECK_PHASES"
+else
+  PH=()
+  for p in 20 120 150 110 20; do PH+=($((p * BUDGET / 420))); done
+fi
+((${#PH[@]} == 5)) || { echo "device-check: DEVICE_CHECK_PHASES needs five lengths" >&2; exit 3; }
+DL=()  # each phase's deadline
+acc=0
+for p in "${PH[@]}"; do
+  acc=$((acc + p))
+  DL+=("$acc")
+done
+BUDGET=$acc
+RERUN_MIN=${DEVICE_CHECK_RERUN_MIN:-20}  # seconds a memcheck rerun needs at least
+MIN_SLOT=${DEVICE_CHECK_MIN_SLOT:-8}     # seconds a benchmark needs at least
+
 WORK=$(mktemp -d /tmp/barbell-device-check.XXXXXX)
+mkdir -p "$WORK/jobs" "$WORK/run"
 SUMMARY=$OUTDIR/summary.txt
 ENV_TXT=$OUTDIR/env.txt
-BUILD_LOG=$OUTDIR/build.log
-TESTS_LOG=$OUTDIR/tests.log
-MEMCHECK_LOG=$OUTDIR/memcheck.log
-BENCH_LOG=$OUTDIR/bench.log
-BENCH_JSON=$OUTDIR/bench_kernels.json
-ATTN_JSON=$OUTDIR/attention.json
 NPROC=$(nproc 2>/dev/null || echo 8)
 export PATH="$PATH:/usr/local/cuda/bin"
 
-elapsed() { echo $(($(date +%s) - T0)); }
-say() { printf '[device-check %4ss] %s\n' "$(elapsed)" "$*"; }
-FAILED=0
-NSTEPS=0
-# record STEP STATUS SECONDS NOTE: one summary line, written at once (survives a kill)
-record() {
-  NSTEPS=$((NSTEPS + 1))
-  [[ $2 == PASS || $2 == SKIP ]] || FAILED=$((FAILED + 1))
-  printf '%-34s %-8s %5ss  %s\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
-  say "$1: $2 ($3 s) $4"
-}
-has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
-# an attention step: "attention" or its own name (attn-test, ...)
-has_attn() { has_step attention || has_step "attn-$1"; }
-
-# run_step NAME CAP RESERVE LOG cmd...: runs cmd under timeout min(CAP, what the budget
-# leaves after RESERVE seconds for later steps), its output appended to LOG and kept in
-# $WORK/step.log. Sets RC and SECS; RC 99 means it did not run (no time left).
-run_step() {
-  local name=$1 cap=$2 reserve=$3 log=$4
-  shift 4
-  local left=$((BUDGET - $(elapsed) - reserve))
-  local lim=$((cap < left ? cap : left))
-  SECS=0
-  if ((lim < 15)); then
-    RC=99
-    echo "===== $name: not run, no time left in the ${BUDGET}s budget" >>"$log"
-    return
-  fi
-  say "$name: running (timeout ${lim}s)"
-  local t
-  t=$(date +%s)
-  timeout -k 10 "$lim" "$@" >"$WORK/step.log" 2>&1
-  RC=$?
-  SECS=$(($(date +%s) - t))
+# ---- the summary: one writer (this process), rewritten after every step ----------------
+HEADER="device-check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), budget ${BUDGET}s (phases ${PH[*]})"
+GPU_LINE="gpu: (not yet read)"
+STEP_LINES=()
+NFAIL=0
+NSKIP=0
+NPASS=0
+write_summary() {  # [OVERALL line]
+  local overall=${1:-"OVERALL: RUNNING at $(now)s (if this is the last line, the call was cut off here)"}
   {
-    echo
-    echo "===== $name ($(date -u +%H:%M:%S), timeout ${lim}s): $*"
-    cat "$WORK/step.log"
-    echo "===== $name: exit $RC after ${SECS}s"
-  } >>"$log"
+    echo "$HEADER"
+    echo "$GPU_LINE"
+    printf '%-30s %-8s %6s  %s\n' STEP STATUS TIME NOTE
+    local l
+    for l in "${STEP_LINES[@]}"; do echo "$l"; done
+    echo "$overall"
+  } >"$SUMMARY.tmp"
+  mv -f "$SUMMARY.tmp" "$SUMMARY"
 }
-
-# status of a test-like program from its exit code
-GPU_VISIBLE=0
-status_of() {
-  case $1 in
-    0) echo PASS ;;
-    77) if ((GPU_VISIBLE)); then echo FAIL; else echo SKIP; fi ;;
-    99) echo SKIP ;;
-    124 | 137) echo TIMEOUT ;;
-    *) echo FAIL ;;
+record() {  # STEP STATUS SECONDS NOTE
+  local line
+  line=$(printf '%-30s %-8s %5ss  %s' "$1" "$2" "$3" "${4//$'\n'/ }")
+  STEP_LINES+=("${line:0:600}")
+  case $2 in
+    PASS) NPASS=$((NPASS + 1)) ;;
+    SKIP) NSKIP=$((NSKIP + 1)) ;;
+    *) NFAIL=$((NFAIL + 1)) ;;
   esac
+  say "$1: $2 ($3 s) ${4:0:200}"
+  write_summary
 }
 
-{
-  echo "device-check $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), budget ${BUDGET}s, steps: $STEPS"
-  printf '%-34s %-8s %6s  %s\n' STEP STATUS TIME NOTE
-} >"$SUMMARY"
+# Logs that come back (OUTDIR keeps to 8 files).
+TESTS_LOG=$OUTDIR/tests.log
+TRAIN_LOG=$OUTDIR/train.log
+SAN_LOG=$OUTDIR/sanitizers.log
+BENCH_LOG=$OUTDIR/bench.log
+BENCH_JSON=$OUTDIR/bench_kernels.json
+ATTN_JSON=$OUTDIR/attention.json
 
-# ---- env ---------------------------------------------------------------------------
+# ---- jobs: each in its own process group (setsid), killed as a group at its deadline ------
+declare -A J_PID J_START J_DEADLINE J_LOG J_KIND J_OUT
+RUNNING=()
+HAVE_SETSID=0
+command -v setsid >/dev/null && HAVE_SETSID=1
+cleanup() {
+  local n
+  for n in "${RUNNING[@]}"; do kill_job "$n"; done
+  [[ ${DEVICE_CHECK_KEEP:-0} == 1 ]] || rm -rf "$WORK"
+}
+kill_job() {
+  local pid=${J_PID[$1]:-}
+  [[ -n $pid ]] || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+  local i
+  for i in 1 2 3 4 5 6; do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  return 0
+}
+on_signal() {
+  record "(interrupted)" FAIL "$(now)" "the check got a signal at $(now)s; the steps above finished"
+  write_summary "OVERALL: FAIL (interrupted at $(now)s)"
+  cleanup
+  exit 1
+}
+trap on_signal TERM INT HUP
+
+# job_start NAME KIND OUTLOG DEADLINE cmd...: runs cmd in $WORK/run, output to its own log.
+# DEVICE_CHECK_ONLY (an extended regex on step names) runs only the matching steps, for a
+# second, shorter call; memcheck reruns of sticky errors always run.
+wanted() { [[ -z ${DEVICE_CHECK_ONLY:-} || $1 == "memcheck rerun: "* ]] || grep -q -E -- "$DEVICE_CHECK_ONLY" <<<"$1"; }
+job_start() {
+  local name=$1 kind=$2 out=$3 deadline=$4
+  shift 4
+  wanted "$name" || return 0
+  local log=$WORK/jobs/${name// /_}.log rc=$WORK/jobs/${name// /_}.rc
+  rm -f "$rc"
+  {
+    echo "===== $name: started at $(now)s, deadline ${deadline}s"
+    printf '%q ' "$@"
+    echo
+  } >"$log"
+  if ((HAVE_SETSID)); then
+    (cd "$WORK/run" && exec setsid -w bash -c '"$@"; echo $? >"$0"' "$rc" "$@") >>"$log" 2>&1 </dev/null &
+  else
+    (cd "$WORK/run" && exec bash -c '"$@"; echo $? >"$0"' "$rc" "$@") >>"$log" 2>&1 </dev/null &
+  fi
+  J_PID[$name]=$!
+  J_START[$name]=$(now)
+  J_DEADLINE[$name]=$deadline
+  J_LOG[$name]=$log
+  J_KIND[$name]=$kind
+  J_OUT[$name]=$out
+  RUNNING+=("$name")
+  say "$name: started (deadline ${deadline}s)"
+}
+
+# Waits until every running job has ended or been killed at its deadline; judges each
+# as it ends (judge_KIND NAME RC LOG SECONDS), appends its log to its OUTDIR log.
+jobs_wait() {
+  while ((${#RUNNING[@]} > 0)); do
+    local still=() n rcf rc secs
+    for n in "${RUNNING[@]}"; do
+      rcf=$WORK/jobs/${n// /_}.rc
+      if [[ -s $rcf ]]; then
+        rc=$(cat "$rcf")
+        wait "${J_PID[$n]}" 2>/dev/null
+      elif ! kill -0 "${J_PID[$n]}" 2>/dev/null; then
+        rc=137  # gone without a status: killed
+      elif (($(now) >= J_DEADLINE[$n])); then
+        kill_job "$n"
+        rc=124
+      else
+        still+=("$n")
+        continue
+      fi
+      secs=$(($(now) - J_START[$n]))
+      echo "===== $n: exit $rc after ${secs}s$( ((rc == 124)) && echo " (killed at its deadline)")" >>"${J_LOG[$n]}"
+      "judge_${J_KIND[$n]}" "$n" "$rc" "${J_LOG[$n]}" "$secs"
+      {
+        cat "${J_LOG[$n]}"
+        echo
+      } >>"${J_OUT[$n]}"
+    done
+    RUNNING=("${still[@]}")
+    ((${#RUNNING[@]} > 0)) && sleep 1
+  done
+  return 0
+}
+
+# ---- P0: env --------------------------------------------------------------------------------
 COMMIT=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || true)
-[[ -z $COMMIT && -f $ROOT/COMMIT ]] && COMMIT=$(cat "$ROOT/COMMIT")
 BUNDLE=$ROOT/device-bundle
 BUNDLE_COMMIT=$(cat "$BUNDLE/COMMIT" 2>/dev/null || true)
+[[ -z $COMMIT ]] && COMMIT="${BUNDLE_COMMIT:-unknown} (the bundle's)"
 HERE_HASH=$(source_hash)
-BUNDLE_HASH=$(cat "$BUNDLE/SOURCE_HASH" 2>/dev/null || true)
-[[ -z $COMMIT ]] && COMMIT="${BUNDLE_COMMIT:-unknown} (from the bundle)"
+GPU_NAME=$(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
+  head -1)
+GPU_VISIBLE=0
+[[ -n $GPU_NAME ]] && GPU_VISIBLE=1
+GPU_LINE="gpu: ${GPU_NAME:-none visible}   commit: $COMMIT   source hash: $HERE_HASH"
+write_summary
 {
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  kernel: $(uname -r)"
+  echo "$HEADER"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  host: $(hostname)  kernel: $(uname -r)  nproc: $NPROC"
   echo "commit: $COMMIT   source hash: $HERE_HASH"
-  echo "bundle: ${BUNDLE_COMMIT:-none}   bundle source hash: ${BUNDLE_HASH:-none}"
+  echo "bundle: commit ${BUNDLE_COMMIT:-none}, source hash $(cat "$BUNDLE/SOURCE_HASH" 2>/dev/null || echo none)"
   echo
   echo "== nvidia-smi"
   timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.memory,clocks.sm,power.limit,temperature.gpu,persistence_mode,compute_mode,mig.mode.current --format=csv 2>&1
   timeout 20 nvidia-smi 2>&1 | head -20
-  timeout 20 nvidia-smi -q 2>&1 | grep -E 'Product Name|Product Architecture|Driver Version|CUDA Version|VBIOS|Persistence Mode|MIG Mode|Current  *:|Pending|Compute Mode|Max Clocks|Clocks Event Reasons|Power Limit|Temp' | head -40
   echo
   echo "== toolchain"
   command -v nvcc && nvcc --version | tail -2
-  command -v cmake && cmake --version | head -1
-  command -v ninja && ninja --version
-  command -v g++ && g++ --version | head -1
-  command -v compute-sanitizer && compute-sanitizer --version 2>&1 | head -2
+  command -v compute-sanitizer && timeout 20 compute-sanitizer --version 2>&1 | head -2
+  command -v python3 && python3 --version
   (. /etc/os-release 2>/dev/null && echo "os: $PRETTY_NAME")
   ldd --version 2>&1 | head -1
-  echo "nproc: $NPROC"
 } >"$ENV_TXT" 2>&1
-GPU_NAME=$(timeout 20 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
-if [[ -n $GPU_NAME ]]; then
-  GPU_VISIBLE=1
-  record env PASS "$(elapsed)" "$GPU_NAME; commit $COMMIT"
+if ((GPU_VISIBLE)); then
+  record env PASS "$(now)" "$GPU_NAME"
 else
-  record env FAIL "$(elapsed)" "nvidia-smi shows no GPU; commit $COMMIT"
-fi
-sed -i "1a gpu: ${GPU_NAME:-none}   commit: $COMMIT" "$SUMMARY"
-
-# ---- cuDNN (for the Cudnn attention backend, opened with dlopen) -----------------------
-# The machine has no cuDNN package, but PyTorch's wheels bring libcudnn.so.9 (and the
-# NVRTC its runtime-compiled engines need). Point barbell at them unless told otherwise.
-if [[ -z ${BARBELL_CUDNN_LIBRARY:-} ]]; then
-  cudnn_lib=$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libcudnn\.so\.9$' | head -1)
-  if [[ -z $cudnn_lib ]]; then
-    site=$(timeout 30 python3 -c 'import site, sys; print("\n".join(site.getsitepackages() + [site.getusersitepackages()]))' 2>/dev/null)
-    for d in $site /usr/local/cuda/lib64 /usr/local/cuda/lib; do
-      for f in "$d"/nvidia/cudnn/lib/libcudnn.so.9 "$d"/torch/lib/libcudnn.so.9 "$d"/libcudnn.so.9; do
-        [[ -f $f ]] && { cudnn_lib=$f; break 2; }
-      done
-    done
-  fi
-  if [[ -n $cudnn_lib ]]; then
-    export BARBELL_CUDNN_LIBRARY=$cudnn_lib
-    extra=$(dirname "$cudnn_lib")
-    nvrtc=$(ls -d "$(dirname "$(dirname "$extra")")"/cuda_nvrtc/lib 2>/dev/null | head -1)
-    [[ -n $nvrtc ]] && extra="$extra:$nvrtc"
-    export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$extra"
-  fi
-fi
-echo "cudnn: ${BARBELL_CUDNN_LIBRARY:-not found (the Cudnn backend will report itself unavailable)}" >>"$ENV_TXT"
-
-# ---- binaries ------------------------------------------------------------------------
-# CUDA's library directories and the driver's, ahead of anything else on the machine.
-cuda_dirs=""
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
-  [[ -d $d ]] && cuda_dirs="$cuda_dirs:$d"
-done
-if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1'; then
-  d=$(timeout 30 find /usr /opt /lib -name 'libcuda.so.1' 2>/dev/null | head -1)
-  [[ -n $d ]] && cuda_dirs="$cuda_dirs:$(dirname "$d")"
+  record env FAIL "$(now)" "nvidia-smi shows no GPU"
 fi
 
-missing_libs() {  # the "not found" lines of ldd over the given programs
-  for b in "$@"; do ldd "$b" 2>&1 | grep 'not found'; done | sort -u
-}
-
-BIN=""
-BIN_NOTE=""
-use_bundle() {
-  [[ -f $BUNDLE/payload.tar.xz ]] || { BIN_NOTE="no device-bundle/payload.tar.xz"; return 1; }
-  local dir=$WORK/bundle
-  mkdir -p "$dir"
-  if ! tar -C "$dir" -xJf "$BUNDLE/payload.tar.xz" 2>>"$BUILD_LOG"; then
-    # no xz binary: Python's tarfile reads xz itself
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/payload.tar.xz" "$dir" \
-      2>>"$BUILD_LOG" || { BIN_NOTE="cannot unpack the bundle"; return 1; }
-  fi
-  export LD_LIBRARY_PATH="$dir/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  local progs=("$dir"/bin/*)
-  local miss
-  miss=$(missing_libs "${progs[@]}")
-  if grep -q 'GLIBCXX\|GCC_\|CXXABI' <<<"$miss"; then
-    export LD_LIBRARY_PATH="$dir/lib/fallback:$LD_LIBRARY_PATH"
-    echo "device-check: using the bundle's libstdc++ (the machine's is older)" >>"$BUILD_LOG"
-    miss=$(missing_libs "${progs[@]}")
-  fi
-  # A library the machine has somewhere else (a CUDA library of a pip package, say).
-  for lib in $(awk '/=> not found/ {print $1}' <<<"$miss" | sort -u); do
-    local p
-    p=$(timeout 60 find /usr /opt /lib -name "$lib" 2>/dev/null | head -1)
-    if [[ -n $p ]]; then
-      LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$p")"
-      export LD_LIBRARY_PATH
-      echo "device-check: found $lib at $p" >>"$BUILD_LOG"
-    fi
-  done
-  miss=$(missing_libs "${progs[@]}")
-  {
-    echo "== ldd of the bundle's programs (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
-    for b in "${progs[@]}"; do
-      echo "-- $(basename "$b")"
-      ldd "$b"
-    done
-  } >>"$ENV_TXT" 2>&1
-  if [[ -n $miss ]]; then
-    echo "device-check: the bundle's programs cannot load:" >>"$BUILD_LOG"
-    echo "$miss" >>"$BUILD_LOG"
-    BIN_NOTE="bundle unusable: $(tr '\n' ' ' <<<"$miss" | head -c 300)"
-    return 1
-  fi
-  BIN=$dir/bin
-  BIN_NOTE="bundle (commit ${BUNDLE_COMMIT:-?})"
-  return 0
-}
-
-build_from_source() {
-  local deps=${BARBELL_DEVICE_DEPS:-$WORK/bundle/deps}
-  if [[ ! -d $deps && -f $BUNDLE/payload.tar.xz ]]; then
-    mkdir -p "$WORK/bundle" && tar -C "$WORK/bundle" -xJf "$BUNDLE/payload.tar.xz" 2>>"$BUILD_LOG"
-  fi
-  if [[ ! -d $deps ]]; then
-    BIN_NOTE="$BIN_NOTE; cannot build here: no deps (fmt, OpenBLAS, Catch2, CLI11, nlohmann-json) - run scripts/bundle-device.sh and carry device-bundle"
-    return 1
-  fi
-  # the bundle's lib/ holds the shared libraries deps/ links to
-  [[ -d $WORK/bundle/lib ]] && export LD_LIBRARY_PATH="$WORK/bundle/lib$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  local b=$WORK/build
-  local targets=()
-  for t in "$ROOT"/tests/cuda/test_*.cpp; do targets+=("cuda_$(basename "$t" .cpp)"); done
-  targets+=(bench_kernels bench_attention)
-  run_step "configure" 120 200 "$BUILD_LOG" cmake -S "$ROOT" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DBARBELL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a -DBARBELL_EXAMPLES=OFF -DBARBELL_WERROR=OFF \
-    -DCMAKE_PREFIX_PATH="$deps" -DCMAKE_CUDA_COMPILER="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
-  if ((RC != 0)); then
-    BIN_NOTE="$BIN_NOTE; cmake configure failed (exit $RC, see the build log in env.txt)"
-    return 1
-  fi
-  run_step "build" 360 150 "$BUILD_LOG" ninja -C "$b" -k 0 -j"$NPROC" "${targets[@]}"
-  mkdir -p "$WORK/bin"
-  for t in "${targets[@]}"; do
-    f=$(find "$b" -maxdepth 3 -type f -name "$t" -perm -u+x | head -1)
-    [[ -n $f ]] && ln -sf "$f" "$WORK/bin/$t"
-  done
-  if ! ls "$WORK/bin"/cuda_test_* >/dev/null 2>&1; then
-    BIN_NOTE="$BIN_NOTE; the build made no test programs (exit $RC, see the build log in env.txt)"
-    return 1
-  fi
-  BIN=$WORK/bin
-  BIN_NOTE="$BIN_NOTE; built from source here in ${SECS}s$( ((RC != 0)) && echo " (some targets failed, see the build log in env.txt)")"
-  return 0
-}
-
-t=$(date +%s)
-: >"$BUILD_LOG"
-if [[ ${DEVICE_CHECK_BUILD:-0} != 1 ]] && use_bundle; then
-  if [[ -n $BUNDLE_HASH && $BUNDLE_HASH != "$HERE_HASH" ]]; then
-    record binaries STALE $(($(date +%s) - t)) "$BIN_NOTE: built from other sources (hash $BUNDLE_HASH, here $HERE_HASH); rerun scripts/bundle-device.sh"
-  else
-    record binaries PASS $(($(date +%s) - t)) "$BIN_NOTE, sources match"
-  fi
-else
-  say "binaries: ${BIN_NOTE:-DEVICE_CHECK_BUILD=1}; building from source"
-  if build_from_source; then
-    record binaries PASS $(($(date +%s) - t)) "$BIN_NOTE"
-  else
-    record binaries FAIL $(($(date +%s) - t)) "$BIN_NOTE"
-  fi
-fi
-# The build log goes into env.txt (OUTDIR keeps to 7 files).
-if [[ -s $BUILD_LOG ]]; then
+refuse() {  # WHY...: the loud stop
+  local why="$*"
   {
     echo
-    echo "== build.log (the binaries step)"
-    cat "$BUILD_LOG"
-  } >>"$ENV_TXT"
-fi
-rm -f "$BUILD_LOG"
-
-# ---- tests -----------------------------------------------------------------------------
-# name:cap seconds (the full run); memcheck runs them in quick mode.
-TESTS=${DEVICE_CHECK_TESTS:-runtime ops nn gpt}
-declare -A CAP=([runtime]=90 [ops]=180 [nn]=180 [gpt]=120 [attention]=150)
-# The attention steps come last. Minimum slices kept for each (seconds), when selected:
-declare -A AMIN=([test]=0 [memcheck]=0 [racecheck]=0 [bench]=0 [torch]=0 [table]=0)
-ATTN_ALONE=1
-for st in tests memcheck bench; do has_step $st && ATTN_ALONE=0; done
-if ((ATTN_ALONE)); then  # the attention steps alone: bigger slices
-  has_attn test && AMIN[test]=60
-  has_attn memcheck && AMIN[memcheck]=45
-  has_attn racecheck && AMIN[racecheck]=45
-  has_attn bench && AMIN[bench]=60
-  has_attn torch && AMIN[torch]=45
-else  # with the other steps: what they leave, at least ATTN_RESERVE in all
-  has_attn test && AMIN[test]=30
-  has_attn memcheck && AMIN[memcheck]=15
-  has_attn racecheck && AMIN[racecheck]=15
-  has_attn bench && AMIN[bench]=25
-  has_attn torch && AMIN[torch]=20
-fi
-{ has_attn bench || has_attn torch; } && AMIN[table]=15
-# attn_after STEP: the minimum slices of the attention steps after STEP
-attn_after() {
-  local order=(test memcheck racecheck bench torch table) sum=0 seen=0 x
-  for x in "${order[@]}"; do
-    ((seen)) && sum=$((sum + AMIN[$x]))
-    [[ $x == "$1" ]] && seen=1
-  done
-  echo $sum
+    echo "################################################################################"
+    echo "device-check: REFUSED: $why"
+    echo "################################################################################"
+  } | tee -a "$ENV_TXT"
+  record bundle REFUSED "$(now)" "$why"
+  write_summary "OVERALL: REFUSED after $(now)s: $why"
+  cleanup
+  echo
+  cat "$SUMMARY"
+  exit 3
 }
-ATTN_RESERVE=0  # all of them: what the earlier steps leave
-for x in test memcheck racecheck bench torch table; do ATTN_RESERVE=$((ATTN_RESERVE + AMIN[$x])); done
-BENCH_RESERVE=0
-if has_step bench; then
-  BENCH_RESERVE=150
-  ((ATTN_RESERVE > 0)) && BENCH_RESERVE=120
+
+# ---- P0: the bundle ---------------------------------------------------------------------------
+if [[ ! -f $BUNDLE/payload.tar.xz ]]; then
+  refuse "no device-bundle/payload.tar.xz beside the checkout. device-bundle/ is git-ignored: run" \
+    "'bash scripts/bundle-device.sh build' on the build machine, then name it in the call:" \
+    "run(command=\"bash scripts/device-check.sh \$OUT\", carry=[\"device-bundle\"], timeout_s=480)"
+fi
+BUNDLE_HASH=$(cat "$BUNDLE/SOURCE_HASH" 2>/dev/null || true)
+if [[ $BUNDLE_HASH != "$HERE_HASH" ]]; then
+  refuse "device-bundle/ is STALE: built from sources with hash ${BUNDLE_HASH:-none} (commit" \
+    "${BUNDLE_COMMIT:-?}), the working tree here hashes to $HERE_HASH. Rebuild it:" \
+    "'bash scripts/bundle-device.sh build', and carry it again"
+fi
+BB=$WORK/bundle
+mkdir -p "$BB"
+if ! tar -C "$BB" -xJf "$BUNDLE/payload.tar.xz" 2>>"$ENV_TXT"; then
+  # no xz binary: Python's tarfile reads xz itself
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/payload.tar.xz" \
+    "$BB" 2>>"$ENV_TXT" || refuse "cannot unpack device-bundle/payload.tar.xz (see env.txt)"
 fi
 
-if has_step tests; then
-  for name in $TESTS; do
-    prog=$BIN/cuda_test_cuda_$name
-    if [[ -z $BIN || ! -x $prog ]]; then
-      record "test $name" FAIL 0 "no program ${prog##*/}"
-      continue
-    fi
-    run_step "test $name" "${CAP[$name]:-180}" $((BENCH_RESERVE + 60 + ATTN_RESERVE)) "$TESTS_LOG" env BARBELL_TEST_QUICK=0 "$prog"
-    st=$(status_of $RC)
-    note=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
-    ((RC == 77)) && note="$note exit 77 (no device seen by the program) $(grep -m1 'skipped' "$WORK/step.log")"
-    ((RC == 99)) && note="not run: out of time"
-    [[ $st == TIMEOUT ]] && note="timed out; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
-    [[ -z $note ]] && note="exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
-    record "test $name" "$st" "$SECS" "$note"
-    if [[ $st != PASS ]]; then
-      grep -E '^FAIL|threw' "$WORK/step.log" | head -25 | sed 's/^/    /'
-    fi
+# Library folders of the machine, looked up directly (no search of the file system): the
+# CUDA toolkit's, the driver's, and PyTorch's wheels' (site-packages/nvidia/*/lib; CUDA 13
+# wheels keep cuBLAS, the runtime and NVRTC in nvidia/cu13/lib, cuDNN in nvidia/cudnn/lib).
+SITES=$(timeout 15 python3 -c 'import site; print("\n".join(site.getsitepackages()))' 2>/dev/null || true)
+LIBDIRS=()
+add_dir() { [[ -d $1 ]] && [[ " ${LIBDIRS[*]} " != *" $1 "* ]] && LIBDIRS+=("$1"); return 0; }
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/lib /usr/local/nvidia/lib64 \
+  /usr/local/nvidia/lib; do
+  add_dir "$d"
+done
+for s in ${DEVICE_CHECK_SITE_PACKAGES:-} $SITES /opt/torch/.venv/lib/python3*/site-packages \
+  /usr/local/lib/python3*/dist-packages; do
+  for d in "$s"/nvidia/cu13/lib "$s"/nvidia/*/lib; do add_dir "$d"; done
+done
+BB_LD=$BB/lib
+for d in "${LIBDIRS[@]}"; do BB_LD="$BB_LD:$d"; done
+# cuDNN: PyTorch's wheel first (the one known to work with this driver), else any other.
+CUDNN_LIB=""
+for d in "${LIBDIRS[@]}"; do
+  [[ $d == */nvidia/cudnn/lib && -f $d/libcudnn.so.9 ]] && { CUDNN_LIB=$d/libcudnn.so.9; break; }
+done
+if [[ -z $CUDNN_LIB ]]; then
+  for d in "${LIBDIRS[@]}"; do
+    [[ -f $d/libcudnn.so.9 ]] && { CUDNN_LIB=$d/libcudnn.so.9; break; }
   done
 fi
-
-# ---- memcheck ------------------------------------------------------------------------
-if has_step memcheck; then
-  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-  if [[ -z $SAN ]]; then
-    record memcheck FAIL 0 "compute-sanitizer not found"
-  else
-    for name in $TESTS; do
-      prog=$BIN/cuda_test_cuda_$name
-      [[ -n $BIN && -x $prog ]] || continue
-      run_step "memcheck $name" 150 $((BENCH_RESERVE + ATTN_RESERVE)) "$MEMCHECK_LOG" env BARBELL_TEST_QUICK=1 "$SAN" --tool memcheck \
-        --error-exitcode 86 --report-api-errors no --print-limit 30 "$prog"
-      es=$(grep -m1 'ERROR SUMMARY' "$WORK/step.log")
-      ts=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
-      case $RC in
-        0) record "memcheck $name" PASS "$SECS" "${es:-no error summary}; $ts" ;;
-        86) if [[ -n $es ]]; then
-              record "memcheck $name" FAIL "$SECS" "$es"
-              grep -m10 -E '^=+ (Invalid|Uninitialized|Program hit|Out-of-range|Misaligned)' "$WORK/step.log" | sed 's/^/    /'
-            else
-              record "memcheck $name" SKIP 0 "not run: out of time"
-            fi ;;
-        124 | 137) record "memcheck $name" TIMEOUT "$SECS" "$es $ts" ;;
-        *) record "memcheck $name" FAIL "$SECS" "exit $RC: ${es} ${ts}" ;;
-      esac
-    done
-  fi
-fi
-
-# ---- bench -----------------------------------------------------------------------------
-if has_step bench; then
-  prog=$BIN/bench_kernels
-  if [[ -z $BIN || ! -x $prog ]]; then
-    record bench_kernels FAIL 0 "no bench_kernels program"
-  else
-    # shellcheck disable=SC2086
-    run_step bench_kernels 300 "$ATTN_RESERVE" "$BENCH_LOG" "$prog" --json "$BENCH_JSON" --commit "$COMMIT" $BENCH_ARGS
-    last=$(grep '^bench_kernels:' "$WORK/step.log" | tail -1)
-    st=$(status_of $RC)
-    ((RC == 1)) && st=FAIL
-    record bench_kernels "$st" "$SECS" "${last:-exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)}"
-    grep -E '^ceiling:|ERROR' "$WORK/step.log" | head -20 | sed 's/^/    /'
-  fi
-fi
-
-# ---- attention ---------------------------------------------------------------------------
-# After everything else. Each step is bounded by what the budget leaves after the minimum
-# slices of the attention steps after it (attn_after).
-step_limit() {  # CAP RESERVE: the timeout run_step will use
-  local left=$((BUDGET - $(elapsed) - $2))
-  echo $(($1 < left ? $1 : left))
+[[ -z $CUDNN_LIB ]] && CUDNN_LIB=$(ldconfig -p 2>/dev/null | grep -o '/[^ ]*libcudnn\.so\.9$' | head -1)
+missing_libs() {
+  local b
+  for b in "$BB"/bin/*; do
+    ldd "$b" >/dev/null 2>&1 || continue  # not a dynamic executable
+    LD_LIBRARY_PATH=$BB_LD ldd "$b" 2>&1 | grep 'not found'
+  done | sort -u
 }
-ATTN_PROG=${BIN:+$BIN/cuda_test_cuda_attention}
-ATTN_BENCH_ARGS=${DEVICE_CHECK_ATTN_BENCH_ARGS-$( ((ATTN_ALONE)) || echo --quick)}
-PY=$(command -v python3 || command -v python || true)
-py_script() {  # the working tree's copy, else the bundle's
-  if [[ -f $ROOT/benchmarks/$1 ]]; then echo "$ROOT/benchmarks/$1"; elif [[ -f $WORK/bundle/py/$1 ]]; then echo "$WORK/bundle/py/$1"; fi
-}
-
-if has_attn test; then
-  if [[ -z $ATTN_PROG || ! -x $ATTN_PROG ]]; then
-    record "attention test" FAIL 0 "no program cuda_test_cuda_attention"
-  else
-    run_step "attention test" 150 "$(attn_after test)" "$TESTS_LOG" env BARBELL_TEST_QUICK=0 "$ATTN_PROG"
-    st=$(status_of $RC)
-    note=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
-    ((RC == 77)) && note="$note exit 77 (no device seen by the program) $(grep -m1 'skipped' "$WORK/step.log")"
-    ((RC == 99)) && note="not run: out of time"
-    [[ $st == TIMEOUT ]] && note="timed out; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
-    [[ -z $note ]] && note="exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)"
-    record "attention test" "$st" "$SECS" "$note"
-    grep -E '^INFO accuracy' "$WORK/step.log" | sed 's/^/    /'
-    if [[ $st != PASS ]]; then
-      grep -E '^FAIL|threw' "$WORK/step.log" | head -25 | sed 's/^/    /'
-    fi
-  fi
+MISSING=$(missing_libs)
+if grep -q 'GLIBCXX\|GCC_\|CXXABI' <<<"$MISSING"; then  # the machine's libstdc++ is older
+  BB_LD=$BB/lib/fallback:$BB_LD
+  MISSING=$(missing_libs)
+fi
+{
+  echo
+  echo "== library folders (LD_LIBRARY_PATH of barbell's programs only)"
+  echo "$BB_LD" | tr ':' '\n'
+  echo "cudnn: ${CUDNN_LIB:-not found}"
+  echo "the bundle needs from the machine: $(tr '\n' ' ' <"$BUNDLE/NEEDS.txt" 2>/dev/null)"
+  for b in "$BB"/bin/*; do
+    echo "-- ldd ${b##*/}"
+    LD_LIBRARY_PATH=$BB_LD ldd "$b" 2>&1
+  done
+} >>"$ENV_TXT"
+[[ -z $MISSING ]] || refuse "the bundle's programs cannot load: $(tr '\n' ' ' <<<"$MISSING" | head -c 400)" \
+  "(library folders in env.txt)"
+record bundle PASS "$(now)" "commit ${BUNDLE_COMMIT:-?}, sources match ($HERE_HASH); cuDNN ${CUDNN_LIB:-not found}"
+if ((!GPU_VISIBLE)); then
+  write_summary "OVERALL: FAIL after $(now)s: no GPU visible, nothing to check"
+  cleanup
+  echo
+  cat "$SUMMARY"
+  exit 1
 fi
 
-# compute-sanitizer TOOL on the attention test in quick mode, Flash only (and its Math
-# yardstick): small shapes, every Flash kernel (forward, backward, deterministic dQ).
-attn_sanitize() {  # TOOL CAP
-  local tool=$1 cap=$2 name="attention $1" es rs ts
-  local san
-  san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-  if [[ -z $san ]]; then
-    record "$name" FAIL 0 "compute-sanitizer not found"
-    return
+# barbell's programs run with the bundle's libraries; nothing else does.
+BB_ENV=(env "LD_LIBRARY_PATH=$BB_LD" "BARBELL_CUDNN_LIBRARY=${CUDNN_LIB:-}" OMP_WAIT_POLICY=passive)
+prog() { echo "$BB/bin/$1"; }
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+
+# ---- judges ---------------------------------------------------------------------------------
+STICKY=()  # the test jobs that stopped at a sticky error (memcheck reruns them in P2)
+declare -A J_ENV J_PROG
+last_line() { grep -v '^=====' "$1" | tail -1 | head -c 200; }
+judge_test() {  # NAME RC LOG SECONDS
+  local n=$1 rc=$2 log=$3 s=$4 sum st note
+  sum=$(grep '^SUMMARY' "$log" | tail -1)
+  case $rc in
+    0) st=PASS note=$sum ;;
+    1) st=FAIL note="$sum; first: $(grep -m3 '^FAIL' "$log" | cut -c1-120 | tr '\n' ';')" ;;
+    3) st=FAIL note="sticky CUDA error: $(grep -m1 '^STICKY' "$log" | cut -c8-300)"
+       STICKY+=("$n") ;;
+    77) st=FAIL note="exit 77: the program saw no GPU ($(grep -m1 skipped "$log"))" ;;
+    124 | 137) st=TIMEOUT note="killed at ${s}s; $(grep -c '^PASS' "$log") passed, $(grep -c '^FAIL' "$log") failed so far; last: $(last_line "$log")" ;;
+    127) st=FAIL note="cannot run: $(last_line "$log")" ;;
+    *) st=FAIL note="exit $rc$( ((rc > 128)) && echo " (signal $((rc - 128)))"); last: $(last_line "$log")" ;;
+  esac
+  # Evidence the step must show, beyond its exit status.
+  if [[ $st == PASS && $n == "attention cudnn" ]] && ! grep -q -E '^PASS cudnn (bf16|f16) ' "$log"; then
+    st=FAIL note="no cuDNN case passed: $sum"
   fi
-  if [[ -z $ATTN_PROG || ! -x $ATTN_PROG ]]; then
-    record "$name" FAIL 0 "no program cuda_test_cuda_attention"
-    return
+  if [[ $st == PASS && $n == "attention flash-t1" ]] &&
+    ! grep -q '^INFO flash forward tile configuration  1' "$log"; then
+    st=FAIL note="the program did not run the second tile configuration"
   fi
-  local extra=()
-  [[ $tool == racecheck ]] && extra=(--racecheck-report all)
-  run_step "$name" "$cap" "$(attn_after "$tool")" "$MEMCHECK_LOG" env BARBELL_TEST_QUICK=1 BARBELL_TEST_FILTER=flash \
-    "$san" --tool "$tool" "${extra[@]}" --error-exitcode 86 --report-api-errors no --print-limit 30 "$ATTN_PROG"
-  es=$(grep -m1 'ERROR SUMMARY' "$WORK/step.log")
-  rs=$(grep -m1 'RACECHECK SUMMARY' "$WORK/step.log")
-  ts=$(grep '^SUMMARY' "$WORK/step.log" | tail -1)
-  case $RC in
-    0) record "$name" PASS "$SECS" "${es:-no error summary} ${rs}; $ts" ;;
-    86) record "$name" FAIL "$SECS" "$es $rs"
-        grep -m10 -E '^=+ (Invalid|Uninitialized|Program hit|Out-of-range|Misaligned|Error|Warning).*' "$WORK/step.log" |
-          sed 's/^/    /' ;;
-    99) record "$name" SKIP 0 "not run: out of time" ;;
-    124 | 137) record "$name" TIMEOUT "$SECS" "$es $rs $ts" ;;
-    77) record "$name" "$(status_of 77)" "$SECS" "exit 77: the program saw no GPU" ;;
-    *) record "$name" FAIL "$SECS" "exit $RC (1: a check failed under the sanitizer): ${es} ${rs} ${ts}"
-       grep -E '^FAIL' "$WORK/step.log" | head -10 | sed 's/^/    /' ;;
+  record "$n" "$st" "$s" "$note"
+}
+judge_sanitizer() {
+  local n=$1 rc=$2 log=$3 s=$4 es rs st note
+  es=$(grep -m1 'ERROR SUMMARY' "$log" | sed 's/^=* *//')
+  rs=$(grep -m1 'RACECHECK SUMMARY' "$log" | sed 's/^=* *//')
+  local first
+  first=$(grep -m3 -E '^=+ +(Invalid|Uninitialized|Program hit|Out-of-range|Misaligned|Race|Error|Warning)' "$log" |
+    sed 's/^=* *//' | tr '\n' ';')
+  local where
+  where=$(grep -m1 -E '^=+ +at ' "$log" | sed 's/^=* *//')
+  if grep -q -E 'Device not supported|not supported on this (platform|device)' "$log"; then
+    st=SKIP note="compute-sanitizer cannot instrument this GPU here: $(grep -m1 -E 'not supported' "$log" | head -c 150)"
+  else
+    case $rc in
+      0) st=PASS note="$es $rs; $(grep '^SUMMARY' "$log" | tail -1)" ;;
+      86) st=FAIL note="$es $rs: $first $where" ;;
+      124 | 137) st=TIMEOUT note="killed at ${s}s; errors so far: ${first:-none}; $(grep -c '^PASS' "$log") checks passed" ;;
+      *) st=FAIL note="exit $rc (1: a check failed, 3: sticky error): $es $rs $first $(grep -m1 '^STICKY' "$log")" ;;
+    esac
+  fi
+  record "$n" "$st" "$s" "$note"
+}
+judge_bench() {  # the benchmarks: their exit status, and how many cases they wrote
+  local n=$1 rc=$2 log=$3 s=$4 json=${J_JSON[$1]:-} cases=0
+  [[ -s $json ]] && cases=$(grep -c '"backend"\|"name"' "$json" 2>/dev/null)
+  case $rc in
+    0) if grep -q 'skipped: no CUDA device' "$log"; then record "$n" FAIL "$s" "the program saw no GPU"
+       else record "$n" PASS "$s" "$(grep -E '^(bench_kernels|bench_attention|torch_sdpa):' "$log" | tail -1 | head -c 250)"; fi ;;
+    3) record "$n" FAIL "$s" "$(grep -m1 skipped "$log" | head -c 250)" ;;
+    124 | 137) record "$n" TIMEOUT "$s" "killed at ${s}s with ${cases} entries in its JSON" ;;
+    *) record "$n" FAIL "$s" "exit $rc; last: $(last_line "$log")" ;;
   esac
 }
-has_attn memcheck && attn_sanitize memcheck 100
-has_attn racecheck && attn_sanitize racecheck 120
+declare -A J_JSON
 
-if has_attn bench; then
-  prog=${BIN:+$BIN/bench_attention}
-  if [[ -z $prog || ! -x $prog ]]; then
-    record bench_attention FAIL 0 "no bench_attention program"
-  else
-    lim=$(step_limit 180 "$(attn_after bench)")
-    # stop starting cases ~25 s before the timeout (a case takes a few seconds)
-    tb=$((lim > 50 ? lim - 25 : lim / 2))
-    # shellcheck disable=SC2086
-    run_step bench_attention 180 "$(attn_after bench)" "$BENCH_LOG" "$prog" --json "$ATTN_JSON" --commit "$COMMIT" \
-      --time-budget "$((tb > 1 ? tb : 1))" $ATTN_BENCH_ARGS
-    last=$(grep '^bench_attention:' "$WORK/step.log" | tail -1)
-    st=$(status_of $RC)
-    ((RC == 1)) && st=FAIL
-    if grep -q 'skipped: no CUDA device' "$WORK/step.log"; then
-      if ((GPU_VISIBLE)); then st=FAIL; else st=SKIP; fi
-    fi
-    ((RC == 99)) && last="not run: out of time"
-    record bench_attention "$st" "$SECS" "${last:-exit $RC; last line: $(tail -1 "$WORK/step.log" | head -c 200)}"
-    # the issue's target shape first: D = 128, T = 8192, non-causal
-    grep -E '^(flash|cudnn) +(fwd|bwd) +bf16 +[0-9]+ +[0-9]+ +8192 +128 +full|flash/cudnn (fwd|bwd) bf16 T=8192 D=128 full|ERROR' \
-      "$WORK/step.log" | head -12 | sed 's/^/    /'
-    # The flash forward's second tile configuration (FwdCfg<D, 1>), forward only, quick
-    # shapes: reported as backend flash-t1 and merged into the table below.
-    run_step bench_attention_t1 45 "$(attn_after bench)" "$BENCH_LOG" "$prog" --json "$WORK/attn_t1.json" \
-      --commit "$COMMIT" --quick --backends flash --only ' fwd ' --flash-tiles 1 --time-budget 30
-    if ((RC != 99)); then
-      record bench_attention_t1 "$(status_of $RC)" "$SECS" \
-        "$(grep -E '^flash-t1 +fwd +bf16 .* 8192 +128 +full' "$WORK/step.log" | head -1)"
-    fi
-  fi
-fi
+# ---- P1: the tests at full size, and the training run ----------------------------------------
+# name | program | extra environment
+TESTS=(
+  "test runtime|cuda_test_cuda_runtime|"
+  "test ops|cuda_test_cuda_ops|"
+  "test nn|cuda_test_cuda_nn|"
+  "test gpt|cuda_test_cuda_gpt|"
+  "attention flash|cuda_test_cuda_attention|BARBELL_TEST_FILTER=flash|BARBELL_FLASH_FWD_TILES=0"
+  "attention flash-t1|cuda_test_cuda_attention|BARBELL_TEST_FILTER=flash|BARBELL_FLASH_FWD_TILES=1"
+  "attention cudnn|cuda_test_cuda_attention|BARBELL_TEST_FILTER=accuracy cudnn|BARBELL_TEST_REQUIRE_CUDNN=1"
+  "attention gpt|cuda_test_cuda_attention|BARBELL_TEST_FILTER=gpt"
+  "attention errors|cuda_test_cuda_attention|BARBELL_TEST_FILTER=errors"
+)
+NJOBS=$((${#TESTS[@]} + 2))
+OMP=$(((NPROC + NJOBS - 1) / NJOBS))  # 2 on 16 cores: a little oversubscribed, waiting passively
+((OMP < 1)) && OMP=1
+env_args() {  # the extra environment of a TESTS entry ("name|program|VAR=value|..."), one per line
+  local IFS='|'
+  local parts=($1) i
+  for ((i = 2; i < ${#parts[@]}; i++)); do [[ -n ${parts[$i]} ]] && echo "${parts[$i]}"; done
+  return 0
+}
+start_test() {  # ENTRY KIND OUT DEADLINE [prefix...] : a TESTS entry as a job
+  local entry=$1 kind=$2 out=$3 deadline=$4
+  shift 4
+  local name=${entry%%|*} rest=${entry#*|}
+  local p=${rest%%|*}
+  local extra=()
+  mapfile -t extra < <(env_args "$entry")
+  J_PROG[$name]=$p
+  J_ENV[$name]=$(printf '%s\n' "${extra[@]}")
+  job_start "$name" "$kind" "$out" "$deadline" "${BB_ENV[@]}" OMP_NUM_THREADS=$OMP "${extra[@]}" "$@" "$(prog "$p")"
+}
 
-TORCH_JSON=$WORK/torch_sdpa.json
-if has_attn torch; then
-  script=$(py_script torch_sdpa.py)
-  if [[ -z $PY ]]; then
-    record torch_sdpa SKIP 0 "no python3 on this machine"
-  elif [[ -z $script ]]; then
-    record torch_sdpa FAIL 0 "no benchmarks/torch_sdpa.py"
-  else
-    lim=$(step_limit 120 "$(attn_after torch)")
-    tb=$((lim > 50 ? lim - 25 : lim / 2))
-    # shellcheck disable=SC2086
-    run_step torch_sdpa 120 "$(attn_after torch)" "$BENCH_LOG" "$PY" "$script" --json "$TORCH_JSON" \
-      --commit "$COMMIT" --time-budget "$((tb > 1 ? tb : 1))" $ATTN_BENCH_ARGS
-    last=$(grep -E '^torch_sdpa:' "$WORK/step.log" | tail -1)
-    case $RC in
-      0) record torch_sdpa PASS "$SECS" "$last" ;;
-      3) record torch_sdpa SKIP "$SECS" "$(grep -m1 'skipped' "$WORK/step.log" | head -c 250)" ;;
-      99) record torch_sdpa SKIP 0 "not run: out of time" ;;
-      124 | 137) record torch_sdpa TIMEOUT "$SECS" "$last" ;;
-      *) record torch_sdpa FAIL "$SECS" "exit $RC: ${last:-$(tail -1 "$WORK/step.log" | head -c 200)}" ;;
-    esac
-    grep -E '^torch-(flash|cudnn|efficient) +(fwd|bwd) +bf16 +[0-9]+ +[0-9]+ +8192 +128 +full' "$WORK/step.log" |
-      head -6 | sed 's/^/    /'
-  fi
-fi
+say "P1: tests at full size and the training run (until ${DL[1]}s)"
+for e in "${TESTS[@]}"; do start_test "$e" test "$TESTS_LOG" "${DL[1]}" BARBELL_TEST_QUICK=0; done
 
-if has_attn bench || has_attn torch; then
-  script=$(py_script attention_table.py)
-  inputs=()
-  [[ -s $ATTN_JSON ]] && inputs+=("$ATTN_JSON")
-  [[ -s $TORCH_JSON ]] && inputs+=("$TORCH_JSON")
-  [[ -s $WORK/attn_t1.json ]] && inputs+=("$WORK/attn_t1.json")
-  if ((${#inputs[@]} == 0)); then
-    record "attention table" SKIP 0 "no attention results to tabulate"
-  elif [[ -z $PY || -z $script ]]; then
-    record "attention table" FAIL 0 "no python3 or no benchmarks/attention_table.py"
-  else
-    run_step "attention table" 20 0 "$BENCH_LOG" "$PY" "$script" "${inputs[@]}" --merge-out "$ATTN_JSON"
-    if ((RC == 0)); then
-      record "attention table" PASS "$SECS" "$(grep -c '^| [0-9]' "$WORK/step.log") rows from ${#inputs[@]} file(s); the markdown is in bench.log and in attention.json (table_markdown)"
-    else
-      st=$(status_of $RC)
-      ((RC == 99)) && st=SKIP
-      record "attention table" "$st" "$SECS" "exit $RC: $(tail -1 "$WORK/step.log" | head -c 200)"
-    fi
-  fi
-  # PyTorch's raw results, unless they made it into attention.json
-  if [[ -s $TORCH_JSON ]] && ! grep -q '"torch_sdpa"' "$ATTN_JSON" 2>/dev/null; then
-    {
-      echo "===== torch_sdpa.json (not merged into attention.json)"
-      cat "$TORCH_JSON"
-    } >>"$BENCH_LOG"
-  fi
-fi
-
-# ---- summary -------------------------------------------------------------------------
-if ((FAILED)); then
-  echo "OVERALL: FAIL ($FAILED of $NSTEPS steps not passed) after $(elapsed)s" >>"$SUMMARY"
+# The training run: barbell-train in bf16 on the GPU (flash attention: head dim 64) and the
+# same run on the CPU, as two jobs; their losses are compared step by step afterwards.
+TRAIN_ARGS=(--preset tiny --n-embd 128 --n-head 2 --steps 40 --batch 64 --warmup 5 --seed 1337 --dtype bf16
+  --eval-every 0 --eval-problems 100 --samples 0 --save-every 0 --log-every 10)
+declare -A TRAIN_RC
+judge_trainpart() { TRAIN_RC[$1]=$2; }  # recorded with the comparison
+job_start "train cuda" trainpart "$TRAIN_LOG" "${DL[1]}" "${BB_ENV[@]}" "$(prog barbell-train)" "${TRAIN_ARGS[@]}" \
+  --device cuda --attention flash --threads "$OMP" --out "$WORK/train-cuda"
+job_start "train cpu" trainpart "$TRAIN_LOG" "${DL[1]}" "${BB_ENV[@]}" "$(prog barbell-train)" "${TRAIN_ARGS[@]}" \
+  --device cpu --threads "$OMP" --out "$WORK/train-cpu"
+T_TRAIN=$(now)
+jobs_wait
+rc_g=${TRAIN_RC[train cuda]:-?} rc_c=${TRAIN_RC[train cpu]:-?}
+if ! wanted "train cuda" && ! wanted "train cpu"; then
+  :  # not asked for
+elif [[ $rc_g != 0 || $rc_c != 0 ]]; then
+  st=FAIL
+  [[ $rc_g == 124 || $rc_c == 124 ]] && st=TIMEOUT
+  record "train bf16 cuda vs cpu" "$st" $(($(now) - T_TRAIN)) "barbell-train exit $rc_g (cuda), $rc_c (cpu); see train.log"
 else
-  echo "OVERALL: PASS ($NSTEPS steps) after $(elapsed)s" >>"$SUMMARY"
+  python3 "$ROOT/scripts/compare_train.py" "$WORK/train-cuda/metrics.jsonl" "$WORK/train-cpu/metrics.jsonl" \
+    >"$WORK/compare.txt" 2>&1
+  rc=$?
+  cat "$WORK/compare.txt" >>"$TRAIN_LOG"
+  note=$(grep '^train-compare:' "$WORK/compare.txt" | tail -1 | cut -c16-)
+  if ((rc == 0)); then st=PASS; else st=FAIL; fi
+  record "train bf16 cuda vs cpu" "$st" $(($(now) - T_TRAIN)) "${note:-$(tail -1 "$WORK/compare.txt")}"
 fi
-rm -rf "$WORK"
+
+# ---- P2: sanitizers ----------------------------------------------------------------------------
+say "P2: memcheck reruns of sticky errors, memcheck and racecheck (until ${DL[2]}s)"
+SAN_ARGS=(--error-exitcode 86 --report-api-errors no --print-limit 20)
+for n in "${STICKY[@]}"; do
+  if [[ -z $SAN ]]; then
+    record "memcheck rerun: $n" SKIP 0 "no compute-sanitizer"
+  elif ((DL[2] - $(now) < RERUN_MIN)); then
+    record "memcheck rerun: $n" SKIP 0 "not run: $((DL[2] - $(now)))s left in the phase"
+  else
+    extra=()
+    [[ -n ${J_ENV[$n]} ]] && mapfile -t extra <<<"${J_ENV[$n]}"
+    job_start "memcheck rerun: $n" sanitizer "$SAN_LOG" "${DL[2]}" "${BB_ENV[@]}" OMP_NUM_THREADS=$OMP "${extra[@]}" \
+      BARBELL_TEST_QUICK=0 "$SAN" --tool memcheck "${SAN_ARGS[@]}" "$(prog "${J_PROG[$n]}")"
+  fi
+done
+SANS=(
+  "memcheck ops|cuda_test_cuda_ops|"
+  "memcheck nn|cuda_test_cuda_nn|"
+  "memcheck flash|cuda_test_cuda_attention|BARBELL_TEST_FILTER=flash|BARBELL_FLASH_FWD_TILES=0"
+  "memcheck flash-t1|cuda_test_cuda_attention|BARBELL_TEST_FILTER=accuracy flash|BARBELL_FLASH_FWD_TILES=1"
+  "racecheck flash|cuda_test_cuda_attention|BARBELL_TEST_FILTER=flash|BARBELL_FLASH_FWD_TILES=0"
+)
+if [[ -z $SAN ]]; then
+  record sanitizers FAIL 0 "compute-sanitizer not found"
+else
+  for e in "${SANS[@]}"; do
+    tool=${e%% *}
+    extra_tool=()
+    [[ $tool == racecheck ]] && extra_tool=(--racecheck-report all)
+    start_test "$e" sanitizer "$SAN_LOG" "${DL[2]}" BARBELL_TEST_QUICK=1 "$SAN" --tool "$tool" "${extra_tool[@]}" \
+      "${SAN_ARGS[@]}"
+  done
+fi
+jobs_wait
+
+# ---- P3: benchmarks, one at a time on an idle GPU -------------------------------------------------
+say "P3: benchmarks (until ${DL[3]}s)"
+# Each gets its weight's share of what the phase has left when it starts.
+BENCHES=(bench_kernels:40 bench_attention:30 bench_attention_t1:10 torch_sdpa:20)
+share() {  # INDEX: seconds for BENCHES[INDEX]
+  local i=$1 w=0 k left=$((DL[3] - $(now)))
+  for ((k = i; k < ${#BENCHES[@]}; k++)); do w=$((w + ${BENCHES[$k]#*:})); done
+  echo $((left * ${BENCHES[$i]#*:} / (w > 0 ? w : 1)))
+}
+ATTN0=$WORK/attention0.json ATTN1=$WORK/attention1.json TORCH_JSON=$WORK/torch_sdpa.json
+for i in "${!BENCHES[@]}"; do
+  b=${BENCHES[$i]%%:*}
+  wanted "$b" || continue
+  lim=$(share "$i")
+  if ((lim < MIN_SLOT)); then
+    record "$b" SKIP 0 "not run: ${lim}s left in the phase"
+    continue
+  fi
+  tb=$((lim * 3 / 4))  # stop starting cases with a quarter of the slot left
+  case $b in
+    bench_kernels)
+      J_JSON[$b]=$BENCH_JSON
+      job_start "$b" bench "$BENCH_LOG" $(($(now) + lim)) "${BB_ENV[@]}" "$(prog bench_kernels)" --quick \
+        --json "$BENCH_JSON" --commit "$COMMIT" ;;
+    bench_attention)
+      J_JSON[$b]=$ATTN0
+      job_start "$b" bench "$BENCH_LOG" $(($(now) + lim)) "${BB_ENV[@]}" BARBELL_FLASH_FWD_TILES=0 \
+        "$(prog bench_attention)" --quick --backends flash,cudnn --json "$ATTN0" --commit "$COMMIT" --time-budget "$tb" ;;
+    bench_attention_t1)
+      J_JSON[$b]=$ATTN1
+      job_start "$b" bench "$BENCH_LOG" $(($(now) + lim)) "${BB_ENV[@]}" "$(prog bench_attention)" --quick \
+        --backends flash --only ' fwd ' --flash-tiles 1 --json "$ATTN1" --commit "$COMMIT" --time-budget "$tb" ;;
+    torch_sdpa)  # PyTorch's own libraries: no LD_LIBRARY_PATH of ours
+      J_JSON[$b]=$TORCH_JSON
+      job_start "$b" bench "$BENCH_LOG" $(($(now) + lim)) env PYTHONUNBUFFERED=1 python3 \
+        "$ROOT/benchmarks/torch_sdpa.py" --quick --json "$TORCH_JSON" --commit "$COMMIT" --time-budget "$tb" ;;
+  esac
+  jobs_wait
+done
+
+# ---- P4: the attention table, the files, the summary -------------------------------------------
+inputs=()
+for f in "$ATTN0" "$ATTN1" "$TORCH_JSON"; do [[ -s $f ]] && inputs+=("$f"); done
+if ((${#inputs[@]} == 0)); then
+  [[ -z ${DEVICE_CHECK_ONLY:-} ]] && record "attention table" SKIP 0 "no attention results to tabulate"
+else
+  t=$(now)
+  if timeout 20 python3 "$ROOT/benchmarks/attention_table.py" "${inputs[@]}" --merge-out "$ATTN_JSON" \
+    >"$WORK/table.md" 2>&1; then
+    record "attention table" PASS $(($(now) - t)) "$(grep -c '^| [0-9]' "$WORK/table.md") rows from ${#inputs[@]} file(s) (markdown in bench.log and attention.json)"
+  else
+    record "attention table" FAIL $(($(now) - t)) "$(tail -1 "$WORK/table.md" | head -c 200)"
+  fi
+  {
+    echo "===== attention table"
+    cat "$WORK/table.md"
+  } >>"$BENCH_LOG"
+  [[ -s $ATTN_JSON ]] || cp "${inputs[0]}" "$ATTN_JSON"
+fi
+
+nfiles=$(find "$OUTDIR" -type f | wc -l)
+ndirs=$(find "$OUTDIR" -mindepth 1 -type d | wc -l)
+if ((nfiles <= 8 && ndirs == 0)); then
+  record files PASS 0 "$nfiles files back: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
+else
+  record files FAIL 0 "$nfiles files and $ndirs folders in OUTDIR (a call returns 8 files): $(cd "$OUTDIR" && ls | tr '\n' ' ')"
+fi
+if ((NFAIL)); then
+  OVERALL="OVERALL: FAIL ($NFAIL of $((NPASS + NFAIL + NSKIP)) steps failed or timed out, $NSKIP skipped) after $(now)s"
+  code=1
+elif ((NSKIP)); then
+  OVERALL="OVERALL: INCOMPLETE ($NSKIP of $((NPASS + NSKIP)) steps skipped, none failed) after $(now)s"
+  code=2
+else
+  OVERALL="OVERALL: PASS ($NPASS steps) after $(now)s"
+  code=0
+fi
+write_summary "$OVERALL"
+cleanup
 echo
 cat "$SUMMARY"
-echo "files in $OUTDIR: $(cd "$OUTDIR" && ls | tr '\n' ' ')"
-((FAILED == 0))
+exit $code

@@ -148,6 +148,11 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias) {
   BB_CHECK(w.dim() == 2 && x.shape().back() == w.shape()[1] && bias.dim() == 1 && bias.shape()[0] == w.shape()[0],
            ShapeError, "linear_gelu: x is {}, weight is {}, bias is {} (expected weight [out, {}], bias [out])",
            shape_str(x.shape()), shape_str(w.shape()), shape_str(bias.shape()), x.shape().back());
+  // Only the 16-bit dtypes fuse the GELU into cuBLASLt's epilogue. Its GELU is the tanh
+  // form with no stated accuracy (a hardware tanh.approx errs by up to ~5e-4 relative): far below a
+  // bf16/f16 rounding of the output, far above an f32 one. f32 and f64 run linear (the bias
+  // in the epilogue: one exact addition) and barbell's gelu kernel, whose accuracy is known.
+  if (x.dtype() != DType::BF16 && x.dtype() != DType::F16) return gelu(linear(x, w, bias), GeluApprox::Tanh);
   [[maybe_unused]] const int64_t in = w.shape()[1];
   const int64_t outf = w.shape()[0];
   Shape ys(x.shape().begin(), x.shape().end() - 1);

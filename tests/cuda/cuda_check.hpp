@@ -1,13 +1,28 @@
 // The harness the CUDA tests share (plain programs, no Catch2): every check prints one
 // line (PASS/FAIL/SKIP, the max error and the tolerance), failures never stop the run,
-// and finish() prints a summary and gives the exit code (0, 1 on any failure, 77 when
-// there is no GPU). Checks compare a CUDA result with the CPU backend run on the same
-// (already rounded) inputs, in f64 unless said otherwise.
+// and finish() prints a summary and gives the exit code. Checks compare a CUDA result
+// with the CPU backend run on the same (already rounded) inputs, in f64 unless said
+// otherwise.
+//
+// Sticky errors. After an illegal address (or any other sticky CUDA error) every later
+// CUDA call fails with the same error, so every later check would fail and nobody would
+// learn which kernel caused it. So the harness synchronizes the device after each
+// guarded() block and after each exception in one; when the synchronize fails too, the
+// context is dead: it prints "STICKY <check>  <error>" naming the block that raised it,
+// stops the program and exits with kExitSticky (scripts/device-check.sh then reruns the
+// program under compute-sanitizer memcheck, which names the kernel and the access).
+// A plain CudaError that leaves the device working (a bad argument) is an ordinary FAIL.
+//
+// Exit codes: 0 all passed, 1 a check failed, 3 (kExitSticky) stopped at a sticky CUDA
+// error, 77 no GPU (CTest: skipped).
 //
 // Environment:
 //   BARBELL_TEST_QUICK=1   smaller sizes (for compute-sanitizer runs)
 //   BARBELL_TEST_SEED=N    another seed for the random inputs (default 1234)
 //   BARBELL_TEST_FILTER=s  run only the groups whose name contains s
+//   BARBELL_TEST_SIMULATE_STICKY=s  the first passing check whose name contains s throws
+//                          a CudaError and the device then counts as dead (a test of the
+//                          sticky-error path without a GPU; see tests/cuda/CMakeLists.txt)
 #pragma once
 
 #include <algorithm>
@@ -60,10 +75,15 @@ inline bb::Generator& rng() {
   return g;
 }
 
+constexpr int kExitSticky = 3;
+
 struct Stats {
   std::string program;
   int pass = 0, fail = 0, skip = 0;
   std::vector<std::string> failed;
+  std::string last_check;                  // the name of the last check reported
+  std::string sticky_check, sticky_error;  // set when the device context died
+  bool simulated_dead = false;             // BARBELL_TEST_SIMULATE_STICKY fired
 };
 inline Stats& stats() {
   static Stats s;
@@ -77,17 +97,29 @@ inline void line(const char* tag, const std::string& name, const std::string& de
   std::printf("%-4s %s%s%s\n", tag, name.c_str(), detail.empty() ? "" : "  ", detail.c_str());
   std::fflush(stdout);
 }
+// BARBELL_TEST_SIMULATE_STICKY: the first passing check whose name contains the value
+// throws, as a kernel's illegal address would surface, and the device counts as dead.
+inline void simulate_sticky(const std::string& name) {
+  static const char* sim = std::getenv("BARBELL_TEST_SIMULATE_STICKY");
+  if (!sim || !*sim || stats().simulated_dead || name.find(sim) == std::string::npos) return;
+  stats().simulated_dead = true;
+  throw bb::CudaError("simulated sticky error (BARBELL_TEST_SIMULATE_STICKY): an illegal memory access");
+}
 inline void pass(const std::string& name, const std::string& detail = "") {
+  simulate_sticky(name);
   ++stats().pass;
+  stats().last_check = name;
   line("PASS", name, detail);
 }
 inline void fail(const std::string& name, const std::string& detail = "") {
   ++stats().fail;
   stats().failed.push_back(name);
+  stats().last_check = name;
   line("FAIL", name, detail);
 }
 inline void skip(const std::string& name, const std::string& detail = "") {
   ++stats().skip;
+  stats().last_check = name;
   line("SKIP", name, detail);
 }
 inline void expect(bool ok, const std::string& name, const std::string& detail = "") {
@@ -119,11 +151,57 @@ inline int start(const char* program) {
 
 inline int finish() {
   auto& s = stats();
-  std::printf("\nSUMMARY %s: %d passed, %d failed, %d skipped\n", s.program.c_str(), s.pass, s.fail, s.skip);
+  std::printf("\nSUMMARY %s: %d passed, %d failed, %d skipped%s\n", s.program.c_str(), s.pass, s.fail, s.skip,
+              s.sticky_check.empty() ? "" : ", stopped at a sticky CUDA error");
   for (auto& f : s.failed) std::printf("  failed: %s\n", f.c_str());
+  if (!s.sticky_check.empty()) {
+    std::printf("STICKY %s  %s\n", s.sticky_check.c_str(), s.sticky_error.c_str());
+    std::printf("FAILED (sticky CUDA error)\n");
+    std::fflush(stdout);
+    return kExitSticky;
+  }
   std::printf("%s\n", s.fail ? "FAILED" : "passed");
   std::fflush(stdout);
   return s.fail ? 1 : 0;
+}
+
+// ---- sticky CUDA errors ------------------------------------------------------------------
+
+// Thrown to stop the program once the device context is dead; caught by program().
+struct StickyStop {};
+
+// Why the device under test no longer works ("" while it does): a synchronize that
+// fails after a check means the error is sticky (a plain error was cleared when it was
+// reported). Nothing to probe in the self-test, except a simulated failure.
+inline std::string device_dead() {
+  if (stats().simulated_dead) return "simulated sticky error (BARBELL_TEST_SIMULATE_STICKY)";
+  if (kSelfTest) return "";
+  try {
+    bb::cuda::synchronize();
+    return "";
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+
+// After the block `name`: stops the program (StickyStop) when the device is dead,
+// naming `name` as the check that raised the error (`first`: the error it threw, if any;
+// `before`: the last check reported before the block began).
+inline void stop_if_sticky(const std::string& name, const std::string& first, const std::string& before) {
+  std::string why = device_dead();
+  if (why.empty()) return;
+  auto& s = stats();
+  s.sticky_check = name;
+  s.sticky_error = (first.empty() ? why : first) +
+                   " [the last check before it: " + (before.empty() ? "none" : before) + "]";
+  const std::string msg = "sticky CUDA error: the device no longer works after this check (" + why +
+                          "); stopping here, the later checks would all fail with it";
+  if (first.empty()) {
+    fail(name, msg);
+  } else {
+    line("FAIL", name, msg);  // the block's failure is counted already
+  }
+  throw StickyStop{};
 }
 
 // Groups can be selected with BARBELL_TEST_FILTER.
@@ -134,16 +212,43 @@ inline bool selected(const std::string& group) {
 
 // Runs f; an exception is a failure of `name` (a DTypeError on an f64 case is reported
 // as SKIP: f64 is supported on the GPU only where it is cheap to).
+// Afterwards the device is probed: a sticky CUDA error stops the program (StickyStop),
+// naming this block.
 template <typename F>
 void guarded(const std::string& name, F&& f, DType dt = DType::F32) {
+  const std::string before = stats().last_check;
+  std::string error;
   try {
     f();
+  } catch (const StickyStop&) {
+    throw;
   } catch (const bb::DTypeError& e) {
     if (dt == DType::F64) skip(name, std::string("f64 not supported on the GPU: ") + e.what());
     else fail(name, std::string("threw DTypeError: ") + e.what());
   } catch (const std::exception& e) {
+    error = e.what();
     fail(name, std::string("threw: ") + e.what());
   }
+  stop_if_sticky(name, error, before);
+}
+
+// A test program's main: start(), body(), finish(); an exception that escapes body()
+// is a failure (and, when the device is dead, a sticky stop naming the last check).
+template <typename F>
+int program(const char* name, F&& body) {
+  if (int rc = start(name)) return rc;
+  try {
+    body();
+  } catch (const StickyStop&) {
+  } catch (const std::exception& e) {
+    const std::string before = stats().last_check, where = "after '" + before + "'";
+    fail("uncaught exception " + where, e.what());
+    try {
+      stop_if_sticky("the code " + where, e.what(), before);
+    } catch (const StickyStop&) {
+    }
+  }
+  return finish();
 }
 
 // Default tolerances (relative; the absolute part is tol * rms(reference)).

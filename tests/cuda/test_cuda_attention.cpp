@@ -31,7 +31,13 @@
 // T <= 257, B = H = 2. The f64 CPU reference, O(B H T^2 D), is most of the CPU time: B*H
 // is 6 up to T = 257, 4 at T = 1000 and 2 at T = 2048 (about 15 s on 2 busy cores here).
 // A backend that resolve_attention_backend refuses is a SKIP for Cudnn (libcudnn.so.9 may
-// be missing) and a FAIL for Flash on inputs it is documented to take.
+// be missing, and cuDNN refuses some shapes) and a FAIL for Flash on inputs it is
+// documented to take. With BARBELL_TEST_REQUIRE_CUDNN=1 (scripts/device-check.sh sets it
+// on the GPU machine) the cudnn group also fails when cuDNN refuses a case every cuDNN 9
+// takes (bf16, T 128, D 64: the library cannot be loaded, say) or when no cuDNN case
+// ran: otherwise every case would SKIP and the step would pass without cuDNN running.
+// $BARBELL_FLASH_FWD_TILES=1 runs the flash forward's second tile configuration (the
+// launcher reads it at every call); the program prints which one it checks.
 // Self-test (BARBELL_CUDA_TEST_SELFTEST): Math on the CPU against f64 only; the fused
 // backends do not exist on the CPU (SKIP). Exit 77 without a GPU.
 #include <array>
@@ -324,6 +330,12 @@ bool all_equal(const Tensor& t, double value, std::string* why) {
 // ---- accuracy --------------------------------------------------------------------------
 
 double g_reference_seconds = 0;  // wall time spent in the f64 CPU reference
+int g_cudnn_ran = 0;             // cuDNN cases that ran (passed or not)
+
+bool require_cudnn() {
+  const char* e = std::getenv("BARBELL_TEST_REQUIRE_CUDNN");
+  return !kSelfTest && e && *e && std::string(e) != "0";
+}
 
 void accuracy_case(const Case& c, const std::vector<AttentionBackend>& fused) {
   const std::string tag = c.tag();
@@ -358,6 +370,7 @@ void accuracy_case(const Case& c, const std::vector<AttentionBackend>& fused) {
       else fail(name, "not available on inputs it must take: " + why);
       continue;
     }
+    if (b == kCudnn) ++g_cudnn_ran;
     try {
       Result r = run_backend(c, vals, dout, b, /*sub=*/false);
       if (!on_dev(r.out) || r.out.dtype() != c.dt || !r.lse.defined() || !on_dev(r.lse) ||
@@ -416,6 +429,20 @@ std::vector<Case> accuracy_cases() {
     add(2, H, q ? 40 : 150, q ? 24 : 100, 64, true, dt, Layout::Contig);  // causal Tq > Tk: queries seeing no key
   }
   return v;
+}
+
+// Whether cuDNN runs here at all: a case every cuDNN 9 takes.
+void cudnn_loads() {
+  const Case c{2, 2, 128, 128, 64, false, DType::BF16, Layout::Contig};
+  std::string why = unavailable(c, make_leaves(c), kCudnn);
+  const std::string name = "cudnn available (bf16 B2 H2 T128 D64, contiguous)";
+  if (why.empty()) {
+    pass(name);
+  } else if (require_cudnn()) {
+    fail(name, "refused with BARBELL_TEST_REQUIRE_CUDNN=1: " + why);
+  } else {
+    skip(name, "not available: " + why);
+  }
 }
 
 // ---- deterministic mode ------------------------------------------------------------------
@@ -665,21 +692,31 @@ void gpt() {
 }  // namespace
 
 int main() {
-  if (int rc = start("cuda_test_cuda_attention")) return rc;
-  std::vector<AttentionBackend> fused;
-  if (selected("accuracy flash")) fused.push_back(kFlash);
-  if (selected("accuracy cudnn")) fused.push_back(kCudnn);
-  if (!fused.empty()) {
-    auto t0 = std::chrono::steady_clock::now();
-    auto cases = accuracy_cases();
-    for (const Case& c : cases) accuracy_case(c, fused);
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "%zu cases in %.1f s, of which the f64 CPU reference %.1f s", cases.size(),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), g_reference_seconds);
-    line("INFO", "accuracy", buf);
-  }
-  if (selected("deterministic flash")) deterministic();
-  if (selected("errors")) errors();
-  if (selected("gpt")) gpt();
-  return finish();
+  return program("cuda_test_cuda_attention", [] {
+    const char* tiles = std::getenv("BARBELL_FLASH_FWD_TILES");
+    line("INFO", "flash forward tile configuration",
+         std::string(tiles && tiles[0] == '1' ? "1" : "0") + " ($BARBELL_FLASH_FWD_TILES)");
+    std::vector<AttentionBackend> fused;
+    if (selected("accuracy flash")) fused.push_back(kFlash);
+    if (selected("accuracy cudnn")) {
+      fused.push_back(kCudnn);
+      guarded("cudnn available", cudnn_loads);
+    }
+    if (!fused.empty()) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto cases = accuracy_cases();
+      for (const Case& c : cases) guarded("accuracy " + c.tag(), [&] { accuracy_case(c, fused); });
+      char buf[160];
+      std::snprintf(buf, sizeof buf, "%zu cases in %.1f s, of which the f64 CPU reference %.1f s", cases.size(),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                    g_reference_seconds);
+      line("INFO", "accuracy", buf);
+    }
+    if (selected("accuracy cudnn") && require_cudnn())
+      expect(g_cudnn_ran > 0, "cudnn: at least one accuracy case ran (BARBELL_TEST_REQUIRE_CUDNN=1)",
+             std::to_string(g_cudnn_ran) + " ran");
+    if (selected("deterministic flash")) deterministic();
+    if (selected("errors")) errors();
+    if (selected("gpt")) gpt();
+  });
 }

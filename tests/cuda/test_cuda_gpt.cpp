@@ -222,8 +222,8 @@ void training() {
 }  // namespace
 
 int main() {
-  if (int rc = start("cuda_test_cuda_gpt")) return rc;
-  if (selected("forward")) forward_and_gradients();
-  if (selected("train")) training();
-  return finish();
+  return program("cuda_test_cuda_gpt", [] {
+    if (selected("forward")) forward_and_gradients();
+    if (selected("train")) training();
+  });
 }

@@ -548,14 +548,14 @@ void joins() {
 }  // namespace
 
 int main() {
-  if (int rc = start("cuda_test_cuda_ops")) return rc;
-  if (selected("copies")) copies();
-  if (selected("binary")) binary_ops();
-  if (selected("unary")) scalar_and_unary_ops();
-  if (selected("select")) compare_and_select();
-  if (selected("reduce")) reductions();
-  if (selected("softmax")) softmaxes();
-  if (selected("matmul")) matmuls();
-  if (selected("joins")) joins();
-  return finish();
+  return program("cuda_test_cuda_ops", [] {
+    if (selected("copies")) copies();
+    if (selected("binary")) binary_ops();
+    if (selected("unary")) scalar_and_unary_ops();
+    if (selected("select")) compare_and_select();
+    if (selected("reduce")) reductions();
+    if (selected("softmax")) softmaxes();
+    if (selected("matmul")) matmuls();
+    if (selected("joins")) joins();
+  });
 }

@@ -145,7 +145,12 @@ void streams_and_events() {
     expect(s.handle() != nullptr && s.device() == 0, "Stream::create() gives a stream on device 0");
     expect(!(s == def), "a created stream is not the default one");
     Tensor x = randn({big(kLarge)}, DType::F32);
-    Tensor xg = x.to(gpu());
+    Tensor xg = x.to(gpu());  // copied on the default stream
+    // s is non-blocking: it does not wait for the default stream by itself, so the
+    // kernel below could read xg before the copy lands. An event orders the two.
+    bb::cuda::Event copied(false);
+    copied.record(def);
+    copied.wait(s);
     Tensor y;
     {
       bb::cuda::StreamGuard g(s);
@@ -202,11 +207,11 @@ void streams_and_events() {
 }  // namespace
 
 int main() {
-  if (int rc = start("cuda_test_cuda_runtime")) return rc;
-  properties();
-  poison();
-  round_trips();
-  memory();
-  streams_and_events();
-  return finish();
+  return program("cuda_test_cuda_runtime", [] {
+    properties();
+    poison();
+    round_trips();
+    memory();
+    streams_and_events();
+  });
 }

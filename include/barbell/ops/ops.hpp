@@ -56,8 +56,9 @@ Tensor log_softmax(const Tensor& x, int64_t dim = -1);
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x [..., in] @ weight[out, in]^T + bias[out]
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
-// gelu(linear(x, weight, bias), GeluApprox::Tanh): on a GPU one cuBLASLt call with the
-// bias and GELU in its epilogue, which also saves the pre-activation for backward.
+// gelu(linear(x, weight, bias), GeluApprox::Tanh): on a GPU in bf16/f16 one cuBLASLt call
+// with the bias and GELU in its epilogue, which also saves the pre-activation for backward;
+// in f32/f64 linear then gelu (cuBLASLt's GELU has no stated accuracy).
 Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // Normalizations over the last dim, statistics in float.
