@@ -33,8 +33,9 @@
 // Precision: bf16/f16 accumulate in fp32 (reduction schemes that would sum split-K
 // partials in the 16-bit output type are excluded); f32 uses fp32, or TF32 tensor
 // cores when cuda::set_allow_tf32(true); f64 uses CUBLAS_COMPUTE_64F.
-#include <cublasLt.h>
-#include <cublas_v2.h>
+//
+// Every cuBLASLt and cuBLAS call goes through blas()'s table of function pointers
+// (blas_api.hpp): the libraries are loaded at the first GPU matmul, never linked.
 
 #include <algorithm>
 #include <array>
@@ -48,12 +49,13 @@
 #include <vector>
 
 #include "barbell/cuda/cuda.hpp"
+#include "blas_api.hpp"
 #include "common.cuh"
 #include "cuda/kernels.hpp"
 
 namespace barbell::gpu::detail {
 [[noreturn]] inline void throw_cublas(cublasStatus_t st, const char* call, const char* file, int line) {
-  throw CudaError(fmt::format("{} failed: {} ({}) at {}:{}", call, cublasLtGetStatusName(st),
+  throw CudaError(fmt::format("{} failed: {} ({}) at {}:{}", call, blas().cublasLtGetStatusName(st),
                               static_cast<int>(st), file, line));
 }
 }  // namespace barbell::gpu::detail
@@ -110,7 +112,7 @@ cublasLtHandle_t lt_handle(int device) {
   std::lock_guard<std::mutex> lock(h.init_mu);
   p = h.lt.load(std::memory_order_relaxed);
   if (!p) {
-    BB_CUBLAS_CHECK(cublasLtCreate(&p));
+    BB_CUBLAS_CHECK(blas().cublasLtCreate(&p));
     h.lt.store(p, std::memory_order_release);
   }
   return p;
@@ -156,14 +158,14 @@ void with_blas(int device, cudaStream_t stream, F&& f) {
   std::lock_guard<std::mutex> lock(h.blas_mu);
   if (!h.blas) {
     cublasHandle_t b = nullptr;
-    BB_CUBLAS_CHECK(cublasCreate(&b));
+    BB_CUBLAS_CHECK(blas().cublasCreate_v2(&b));
     // 16-bit inputs: split-K partials are reduced in fp32 too.
-    BB_CUBLAS_CHECK(cublasSetMathMode(b, CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+    BB_CUBLAS_CHECK(blas().cublasSetMathMode(b, CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
     h.blas = b;
   }
-  BB_CUBLAS_CHECK(cublasSetStream(h.blas, stream));
+  BB_CUBLAS_CHECK(blas().cublasSetStream_v2(h.blas, stream));
   // After cublasSetStream, which resets the handle to its default workspace.
-  BB_CUBLAS_CHECK(cublasSetWorkspace(h.blas, ws, kWorkspaceBytes));
+  BB_CUBLAS_CHECK(blas().cublasSetWorkspace_v2(h.blas, ws, kWorkspaceBytes));
   f(h.blas);
 }
 
@@ -285,10 +287,10 @@ struct Plan {
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
   ~Plan() {
-    if (lc) cublasLtMatrixLayoutDestroy(lc);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (op) cublasLtMatmulDescDestroy(op);
+    if (lc) blas().cublasLtMatrixLayoutDestroy(lc);
+    if (lb) blas().cublasLtMatrixLayoutDestroy(lb);
+    if (la) blas().cublasLtMatrixLayoutDestroy(la);
+    if (op) blas().cublasLtMatmulDescDestroy(op);
   }
 };
 
@@ -306,31 +308,31 @@ struct PlanKeyHash {
 
 template <typename V>
 void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const V& v) {
-  BB_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)));
+  BB_CUBLAS_CHECK(blas().cublasLtMatmulDescSetAttribute(d, attr, &v, sizeof(v)));
 }
 template <typename V>
 void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t attr, const V& v) {
-  BB_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &v, sizeof(v)));
+  BB_CUBLAS_CHECK(blas().cublasLtMatmulPreferenceSetAttribute(p, attr, &v, sizeof(v)));
 }
 
 void make_layout(cublasLtMatrixLayout_t* l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld,
                  int64_t batch, int64_t stride) {
-  BB_CUBLAS_CHECK(
-      cublasLtMatrixLayoutCreate(l, type, static_cast<uint64_t>(rows), static_cast<uint64_t>(cols), ld));
+  BB_CUBLAS_CHECK(blas().cublasLtMatrixLayoutCreate(l, type, static_cast<uint64_t>(rows),
+                                                    static_cast<uint64_t>(cols), ld));
   if (batch > 1) {
     const int32_t count = static_cast<int32_t>(batch);
     const int64_t offset = stride;  // elements; 0 for a broadcast operand
-    BB_CUBLAS_CHECK(
-        cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
-    BB_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &offset,
-                                                     sizeof(offset)));
+    BB_CUBLAS_CHECK(blas().cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                            sizeof(count)));
+    BB_CUBLAS_CHECK(blas().cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                            &offset, sizeof(offset)));
   }
 }
 
 struct PrefGuard {
   cublasLtMatmulPreference_t p = nullptr;
   ~PrefGuard() {
-    if (p) cublasLtMatmulPreferenceDestroy(p);
+    if (p) blas().cublasLtMatmulPreferenceDestroy(p);
   }
 };
 
@@ -341,7 +343,7 @@ struct Alignments {
 std::shared_ptr<Plan> create_plan(const Gemm& g, const LtProblem& p, const TypeInfo& ti,
                                   const Alignments& al) {
   auto plan = std::make_shared<Plan>();
-  BB_CUBLAS_CHECK(cublasLtMatmulDescCreate(&plan->op, ti.compute, ti.scale));
+  BB_CUBLAS_CHECK(blas().cublasLtMatmulDescCreate(&plan->op, ti.compute, ti.scale));
   set_desc(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, static_cast<int32_t>(p.A.op));
   set_desc(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, static_cast<int32_t>(p.B.op));
   if (g.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
@@ -360,7 +362,7 @@ std::shared_ptr<Plan> create_plan(const Gemm& g, const LtProblem& p, const TypeI
   make_layout(&plan->lc, ti.data, p.m, p.n, p.ldc, g.batch, g.sc);
 
   PrefGuard pref;
-  BB_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.p));
+  BB_CUBLAS_CHECK(blas().cublasLtMatmulPreferenceCreate(&pref.p));
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(kWorkspaceBytes));
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, al.a);
   set_pref(pref.p, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, al.b);
@@ -373,8 +375,8 @@ std::shared_ptr<Plan> create_plan(const Gemm& g, const LtProblem& p, const TypeI
   }
   cublasLtMatmulHeuristicResult_t result{};
   int count = 0;
-  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_handle(g.device), plan->op, plan->la, plan->lb,
-                                                           plan->lc, plan->lc, pref.p, 1, &result, &count);
+  const cublasStatus_t st = blas().cublasLtMatmulAlgoGetHeuristic(
+      lt_handle(g.device), plan->op, plan->la, plan->lb, plan->lc, plan->lc, pref.p, 1, &result, &count);
   // No algorithm (NOT_SUPPORTED, or a combination cuBLASLt rejects): the plan stays
   // unusable and the callers fall back to cuBLAS, which reports real errors itself.
   if (st == CUBLAS_STATUS_SUCCESS && count > 0 && result.state == CUBLAS_STATUS_SUCCESS) {
@@ -427,8 +429,8 @@ bool run_lt(const Gemm& g, const LtProblem& p, const TypeInfo& ti) {
   const void* alpha = dbl ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f);
   const void* beta = dbl ? static_cast<const void*>(&zero_d) : static_cast<const void*>(&zero_f);
   auto call = [&] {
-    return cublasLtMatmul(h, plan->op, alpha, g.b, plan->la, g.a, plan->lb, beta, g.c, plan->lc, g.c,
-                          plan->lc, &plan->algo, ws, kWorkspaceBytes, g.stream);
+    return blas().cublasLtMatmul(h, plan->op, alpha, g.b, plan->la, g.a, plan->lb, beta, g.c, plan->lc, g.c,
+                                 plan->lc, &plan->algo, ws, kWorkspaceBytes, g.stream);
   };
   cublasStatus_t st;
   if (g.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
@@ -457,7 +459,7 @@ void run_blas(const Gemm& g, const LtProblem& p, const TypeInfo& ti) {
     const float one_f = 1.0f, zero_f = 0.0f;
     const double one_d = 1.0, zero_d = 0.0;
     const bool dbl = ti.scale == CUDA_R_64F;
-    const cublasStatus_t st = cublasGemmStridedBatchedEx_64(
+    const cublasStatus_t st = blas().cublasGemmStridedBatchedEx_64(
         h, p.A.op, p.B.op, p.m, p.n, p.k,
         dbl ? static_cast<const void*>(&one_d) : static_cast<const void*>(&one_f), g.b, ti.data, p.A.ld, g.sb,
         g.a, ti.data, p.B.ld, g.sa,

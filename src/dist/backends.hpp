@@ -1,6 +1,6 @@
-// The seam between the public dist API and its backends: MPI (process_group_mpi.cpp), NCCL
-// (process_group_nccl.cpp) and the one-rank group. Each backend file compiles to stubs
-// that throw a clear Error when this build does not have it.
+// The seam between the public dist API and its backends: MPI (process_group_mpi.cpp, a
+// module of its own that mpi_backend.cpp loads), NCCL (process_group_nccl.cpp) and the
+// one-rank group. A build without a backend has stubs that throw a clear Error.
 #pragma once
 
 #include <memory>
@@ -29,6 +29,26 @@ void mpi_broadcast_bytes(void* data, size_t n, int root, double timeout_s);
 bool mpi_active();
 // MPI_Abort(MPI_COMM_WORLD, code) when MPI is active; returns otherwise.
 void mpi_abort(int code);
+
+// The MPI functions above live in libbarbell_mpi.so (process_group_mpi.cpp, linked against
+// MPI), so that libbarbell itself needs no MPI: mpi_backend.cpp loads the module beside
+// libbarbell at the first MPI use and calls through this table, which the module's one
+// exported function hands over. The module and the library must come from the same build:
+// the table's abi and version are checked.
+struct MpiBackend {
+  int abi;                  // kMpiBackendAbi of the module's build
+  const char* version;      // BARBELL_VERSION of the module's build
+  const char* mpi_library;  // MPI_Get_library_version's first line
+  std::shared_ptr<void> (*keepalive)();
+  MpiWorld (*world)();
+  ProcessGroupPtr (*make_group)(double timeout_s);
+  void (*broadcast_bytes)(void* data, size_t n, int root, double timeout_s);
+  bool (*active)();
+  void (*abort)(int code);
+};
+constexpr int kMpiBackendAbi = 1;
+constexpr const char* kMpiBackendModule = "libbarbell_mpi.so";
+constexpr const char* kMpiBackendEntry = "barbell_mpi_backend_v1";
 
 // ---- NCCL ----
 bool nccl_built();

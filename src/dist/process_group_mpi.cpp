@@ -1,16 +1,18 @@
 // The MPI process group for CPU tensors: non-blocking MPI collectives (MPI_Iallreduce,
 // MPI_Ibcast, MPI_Ireduce_scatter, MPI_Iallgatherv, MPI_Ibarrier) whose wait() polls
 // MPI_Test against a deadline, so a dead or stuck peer becomes an Error, not a hang.
+// Compiled into the module libbarbell_mpi.so, not into libbarbell: its one exported
+// function hands src/dist/mpi_backend.cpp the MpiBackend table (dist/backends.hpp).
 #include "dist/backends.hpp"
 
-#if defined(BARBELL_WITH_MPI)
-
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 
 // Only the C API: the deprecated C++ bindings would need libmpi_cxx's ABI.
@@ -19,6 +21,7 @@
 #include <mpi.h>
 
 #include "barbell/autograd/autograd.hpp"
+#include "barbell/config.hpp"
 
 namespace barbell::dist::detail {
 namespace {
@@ -361,13 +364,11 @@ class ProcessGroupMPI : public ProcessGroup {
   std::shared_ptr<GroupState> g_;
 };
 
-}  // namespace
+// ---- the functions of the MpiBackend table ----------------------------------------------------
 
-bool mpi_built() { return true; }
+std::shared_ptr<void> keepalive() { return runtime(); }
 
-std::shared_ptr<void> mpi_keepalive() { return runtime(); }
-
-MpiWorld mpi_world() {
+MpiWorld world() {
   auto rt = runtime();
   MpiWorld w;
   auto l = rt->thread_level >= MPI_THREAD_MULTIPLE ? std::unique_lock<std::mutex>()
@@ -382,7 +383,7 @@ MpiWorld mpi_world() {
   return w;
 }
 
-ProcessGroupPtr make_mpi_group(double timeout_s) {
+ProcessGroupPtr make_group(double timeout_s) {
   auto rt = runtime();
   MPI_Comm comm = MPI_COMM_NULL;
   int rank = 0, size = 1;
@@ -399,44 +400,47 @@ ProcessGroupPtr make_mpi_group(double timeout_s) {
   return pg;
 }
 
-void mpi_broadcast_bytes(void* data, size_t n, int root, double timeout_s) {
-  auto pg = make_mpi_group(timeout_s);
+void broadcast_bytes(void* data, size_t n, int root, double timeout_s) {
+  auto pg = make_group(timeout_s);
   Tensor t = from_blob(data, {static_cast<int64_t>(n)}, DType::Bool);  // one byte per element
   pg->broadcast(t, root)->wait();
 }
 
-bool mpi_active() {
+bool active() {
   int inited = 0, fin = 0;
   MPI_Initialized(&inited);
   MPI_Finalized(&fin);
   return inited && !fin;
 }
 
-void mpi_abort(int code) {
-  if (mpi_active()) MPI_Abort(MPI_COMM_WORLD, code);
+void abort_world(int code) {
+  if (active()) MPI_Abort(MPI_COMM_WORLD, code);
 }
 
-}  // namespace barbell::dist::detail
-
-#else  // no MPI in this build
-
-namespace barbell::dist::detail {
-
-namespace {
-[[noreturn]] void no_mpi(const char* what) {
-  throw Error(
-      fmt::format("{}: this build of barbell has no MPI backend (configure with -DBARBELL_MPI=ON)", what));
+// The first line of MPI_Get_library_version (callable before MPI_Init).
+const char* mpi_library() {
+  static const std::string line = [] {
+    char buf[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
+    int len = 0;
+    if (MPI_Get_library_version(buf, &len) != MPI_SUCCESS) return std::string("MPI (version unknown)");
+    std::string s(buf, static_cast<size_t>(std::max(len, 0)));
+    const size_t nl = s.find_first_of("\r\n");
+    if (nl != std::string::npos) s.resize(nl);
+    while (!s.empty() && (s.back() == ',' || s.back() == ' ' || s.back() == '\0')) s.pop_back();
+    return s;
+  }();
+  return line.c_str();
 }
+
 }  // namespace
-
-bool mpi_built() { return false; }
-std::shared_ptr<void> mpi_keepalive() { no_mpi("init_mpi"); }
-MpiWorld mpi_world() { no_mpi("init_mpi"); }
-ProcessGroupPtr make_mpi_group(double) { no_mpi("init_mpi"); }
-void mpi_broadcast_bytes(void*, size_t, int, double) { no_mpi("init_mpi"); }
-bool mpi_active() { return false; }
-void mpi_abort(int) {}
-
 }  // namespace barbell::dist::detail
 
-#endif
+// The module's only exported symbol (the rest has hidden visibility).
+extern "C" __attribute__((visibility("default"))) const barbell::dist::detail::MpiBackend*
+barbell_mpi_backend_v1() {
+  namespace d = barbell::dist::detail;
+  static const d::MpiBackend table = {d::kMpiBackendAbi,   BARBELL_VERSION, d::mpi_library(),
+                                      &d::keepalive,       &d::world,       &d::make_group,
+                                      &d::broadcast_bytes, &d::active,      &d::abort_world};
+  return &table;
+}

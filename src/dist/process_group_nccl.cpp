@@ -1,7 +1,8 @@
 // The NCCL process group for CUDA tensors: collectives on the group's own stream, ordered
 // with events against the caller's compute stream, on non-blocking communicators so that
 // init and wait() can poll ncclCommGetAsyncError against a deadline and abort the
-// communicator (ncclCommAbort) instead of hanging.
+// communicator (ncclCommAbort) instead of hanging. libnccl is loaded with dlopen when the
+// first group is made (nccl() below), never linked: libbarbell loads without it.
 #include "dist/backends.hpp"
 
 #if defined(BARBELL_WITH_NCCL)
@@ -14,13 +15,107 @@
 #include <set>
 #include <thread>
 
+#include <dlfcn.h>
 #include <nccl.h>
 
 #include "barbell/autograd/autograd.hpp"
 #include "barbell/cuda/cuda.hpp"
+#include "core/dynamic_library.hpp"
 
 namespace barbell::dist::detail {
 namespace {
+// Every NCCL function this file calls, loaded at the first NCCL group (nccl()): nccl.h
+// supplies types and constants only, so libbarbell has no NEEDED entry for libnccl.
+#define BB_NCCL_FUNCTIONS(X) \
+  X(ncclGetErrorString)      \
+  X(ncclGetLastError)        \
+  X(ncclGetUniqueId)         \
+  X(ncclCommInitRankConfig)  \
+  X(ncclCommFinalize)        \
+  X(ncclCommDestroy)         \
+  X(ncclCommAbort)           \
+  X(ncclCommSplit)           \
+  X(ncclCommGetAsyncError)   \
+  X(ncclCommUserRank)        \
+  X(ncclCommCount)           \
+  X(ncclAllReduce)           \
+  X(ncclBroadcast)           \
+  X(ncclReduceScatter)       \
+  X(ncclAllGather)           \
+  X(ncclGroupStart)          \
+  X(ncclGroupEnd)
+
+struct NcclApi {
+#define BB_NCCL_MEMBER(f) decltype(&::f) f = nullptr;
+  BB_NCCL_FUNCTIONS(BB_NCCL_MEMBER)
+#undef BB_NCCL_MEMBER
+  int version = 0;   // ncclGetVersion(): major * 10000 + minor * 100 + patch
+  std::string path;  // the file loaded
+};
+
+// The oldest NCCL with everything used here (ncclCommSplit; non-blocking communicators,
+// ncclCommInitRankConfig and ncclCommFinalize are 2.14, ncclAvg and bf16 2.10).
+constexpr int kMinNcclVersion = NCCL_VERSION(2, 18, 0);
+
+std::string nccl_version_str(int v) { return fmt::format("{}.{}.{}", v / 10000, v / 100 % 100, v % 100); }
+
+struct LoadedNccl {
+  NcclApi api;
+  std::string error;  // empty when the table is complete
+};
+
+template <typename F>
+void take_symbol(void* lib, const char* symbol, F& fn, std::string* missing) {
+  fn = reinterpret_cast<F>(dlsym(lib, symbol));
+  if (!fn) *missing += (missing->empty() ? "" : ", ") + std::string(symbol);
+}
+
+// Candidates: $BARBELL_NCCL_LIBRARY alone when it is set; else "libnccl.so.2" (the loader's
+// search), then the file in the directory where CMake found libnccl when this build was
+// configured.
+LoadedNccl* load_nccl() {
+  auto* l = new LoadedNccl();
+  const std::string so = fmt::format("libnccl.so.{}", NCCL_MAJOR);
+#if defined(BARBELL_NCCL_LIBRARY_DIR)
+  const std::string build_dir_so = std::string(BARBELL_NCCL_LIBRARY_DIR) + "/" + so;
+#else
+  const std::string build_dir_so;
+#endif
+  const std::string fix = fmt::format(
+      "install NCCL {} (NVIDIA's libnccl2 package or the nvidia-nccl wheel) and put its directory on "
+      "LD_LIBRARY_PATH, or set BARBELL_NCCL_LIBRARY to the full path of {}",
+      NCCL_MAJOR, so);
+  barbell::detail::OpenedLibrary lib = barbell::detail::open_first(
+      barbell::detail::library_candidates("BARBELL_NCCL_LIBRARY", {so, build_dir_so}), RTLD_NOW | RTLD_LOCAL);
+  if (!lib.handle) {
+    l->error = fmt::format("nccl: {} could not be loaded (tried {}); {}", so, lib.tried, fix);
+    return l;
+  }
+  l->api.path = barbell::detail::library_path(lib.handle);
+  if (l->api.path.empty()) l->api.path = lib.name;
+  std::string missing;
+  decltype(&::ncclGetVersion) get_version = nullptr;
+  take_symbol(lib.handle, "ncclGetVersion", get_version, &missing);
+#define BB_TAKE_NCCL(f) take_symbol(lib.handle, #f, l->api.f, &missing);
+  BB_NCCL_FUNCTIONS(BB_TAKE_NCCL)
+#undef BB_TAKE_NCCL
+  if (!missing.empty()) {
+    l->error = fmt::format("nccl: {} lacks {}; {}", l->api.path, missing, fix);
+    return l;
+  }
+  if (get_version(&l->api.version) != ncclSuccess || l->api.version < kMinNcclVersion)
+    l->error = fmt::format("nccl: {} is NCCL {}, barbell needs {} or newer; {}", l->api.path,
+                           nccl_version_str(l->api.version), nccl_version_str(kMinNcclVersion), fix);
+  return l;
+}
+
+// The table, loaded on the first call (once, thread-safe; never unloaded). Throws NcclError
+// naming the library, the paths tried and the fix, then and on every later call.
+const NcclApi& nccl() {
+  static const LoadedNccl* l = load_nccl();
+  if (!l->error.empty()) throw NcclError(l->error);
+  return l->api;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -28,13 +123,13 @@ Clock::time_point deadline_after(double s) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
 }
 
-#define BB_NCCL_CHECK(call)                                                                              \
-  do {                                                                                                   \
-    ncclResult_t bb_nccl_rc_ = (call);                                                                   \
-    if (bb_nccl_rc_ != ncclSuccess && bb_nccl_rc_ != ncclInProgress)                                     \
-      throw ::barbell::NcclError(fmt::format("{} failed: {} ({}) ({}:{})", #call,                        \
-                                             ncclGetErrorString(bb_nccl_rc_), ncclGetLastError(nullptr), \
-                                             __FILE__, __LINE__));                                       \
+#define BB_NCCL_CHECK(call)                                                                          \
+  do {                                                                                               \
+    ncclResult_t bb_nccl_rc_ = (call);                                                               \
+    if (bb_nccl_rc_ != ncclSuccess && bb_nccl_rc_ != ncclInProgress)                                 \
+      throw ::barbell::NcclError(fmt::format("{} failed: {} ({}) ({}:{})", #call,                    \
+                                             nccl().ncclGetErrorString(bb_nccl_rc_),                 \
+                                             nccl().ncclGetLastError(nullptr), __FILE__, __LINE__)); \
   } while (0)
 
 // A communicator and what its works share. abort_comm() may come from another thread
@@ -51,7 +146,7 @@ struct CommState {
     if (!comm) return;
     why = reason;  // before `broken`, which readers check first
     broken = true;
-    ncclCommAbort(comm);
+    nccl().ncclCommAbort(comm);
     comm = nullptr;
   }
   // Why the communicator was aborted (a copy: `why` is written under the mutex).
@@ -65,7 +160,7 @@ struct CommState {
     std::lock_guard<std::mutex> l(mu);
     if (!comm) return broken ? ncclInvalidUsage : ncclSuccess;
     ncclResult_t st = ncclSuccess;
-    ncclResult_t rc = ncclCommGetAsyncError(comm, &st);
+    ncclResult_t rc = nccl().ncclCommGetAsyncError(comm, &st);
     return rc != ncclSuccess ? rc : st;
   }
   // Polls until the communicator is no longer busy (non-blocking mode), failing on an
@@ -76,7 +171,8 @@ struct CommState {
       ncclResult_t st = async_state();
       if (st == ncclSuccess) return;
       if (st != ncclInProgress)
-        fail(what, fmt::format("NCCL error: {} ({})", ncclGetErrorString(st), ncclGetLastError(nullptr)));
+        fail(what, fmt::format("NCCL error: {} ({})", nccl().ncclGetErrorString(st),
+                               nccl().ncclGetLastError(nullptr)));
       if (Clock::now() > deadline) fail(what, timeout_message(what, timeout_s, rank, size));
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
@@ -175,7 +271,8 @@ class NcclWork : public Work {
     if (s_->broken) throw NcclError(fmt::format("{}: the communicator was aborted: {}", what_, s_->reason()));
     ncclResult_t st = s_->async_state();
     if (st != ncclSuccess && st != ncclInProgress)
-      s_->fail(what_, fmt::format("NCCL error: {} ({})", ncclGetErrorString(st), ncclGetLastError(nullptr)));
+      s_->fail(what_, fmt::format("NCCL error: {} ({})", nccl().ncclGetErrorString(st),
+                                  nccl().ncclGetLastError(nullptr)));
     if (end_->query()) {
       done_ = true;
       keep.clear();
@@ -228,7 +325,7 @@ class ProcessGroupNCCL : public ProcessGroup {
         if (!s_->comm) return;
         // Finalize flushes pending work; a broken or stuck peer would make it wait forever,
         // so a communicator that failed is aborted instead (in abort_comm()).
-        ncclCommFinalize(s_->comm);
+        nccl().ncclCommFinalize(s_->comm);
       }
       // The wait polls with the mutex taken per query only, so an abort from another
       // thread (abort_job, a work's timeout) is not held up for the whole wait.
@@ -238,14 +335,14 @@ class ProcessGroupNCCL : public ProcessGroup {
         {
           std::lock_guard<std::mutex> l(s_->mu);
           if (!s_->comm) return;  // aborted meanwhile
-          if (ncclCommGetAsyncError(s_->comm, &st) != ncclSuccess) st = ncclInternalError;
+          if (nccl().ncclCommGetAsyncError(s_->comm, &st) != ncclSuccess) st = ncclInternalError;
         }
         if (st != ncclInProgress || Clock::now() >= deadline) break;
         std::this_thread::sleep_for(std::chrono::microseconds(100));
       }
       if (st == ncclSuccess) {
         std::lock_guard<std::mutex> l(s_->mu);
-        if (s_->comm) ncclCommDestroy(s_->comm);
+        if (s_->comm) nccl().ncclCommDestroy(s_->comm);
         s_->comm = nullptr;
       } else {
         s_->abort_comm(st == ncclInProgress ? "finalize timed out when the process group was destroyed"
@@ -267,7 +364,8 @@ class ProcessGroupNCCL : public ProcessGroup {
     {
       std::lock_guard<std::mutex> l(s_->mu);
       BB_CHECK(s_->comm, NcclError, "split: the communicator was aborted: {}", s_->why);
-      BB_NCCL_CHECK(ncclCommSplit(s_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, rank_, &nc, &config));
+      BB_NCCL_CHECK(
+          nccl().ncclCommSplit(s_->comm, color < 0 ? NCCL_SPLIT_NOCOLOR : color, rank_, &nc, &config));
     }
     s_->settle("split", timeout_s_);
     BB_CHECK(nc != nullptr, ValueError, "split: color {} must be >= 0", color);
@@ -275,8 +373,8 @@ class ProcessGroupNCCL : public ProcessGroup {
     ns->comm = nc;
     ns->device = s_->device;
     ns->settle("split (new communicator)", timeout_s_);
-    ncclCommUserRank(nc, &ns->rank);
-    ncclCommCount(nc, &ns->size);
+    nccl().ncclCommUserRank(nc, &ns->rank);
+    nccl().ncclCommCount(nc, &ns->size);
     return std::make_shared<ProcessGroupNCCL>(ns, timeout_s_);
   }
 
@@ -340,19 +438,21 @@ class ProcessGroupNCCL : public ProcessGroup {
 
   WorkPtr do_all_reduce(const Tensor& t, ReduceOp op) override {
     const ncclDataType_t dt = nccl_type(t.dtype());
-    return launch(fmt::format("all_reduce {} of {} {}", reduce_op_name(op), dtype_name(t.dtype()),
-                              shape_str(t.shape())),
-                  {t}, nullptr, [&](ncclComm_t comm, cudaStream_t st) {
-                    BB_NCCL_CHECK(ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), dt,
-                                                nccl_op(op), comm, st));
-                  });
+    return launch(
+        fmt::format("all_reduce {} of {} {}", reduce_op_name(op), dtype_name(t.dtype()),
+                    shape_str(t.shape())),
+        {t}, nullptr, [&](ncclComm_t comm, cudaStream_t st) {
+          BB_NCCL_CHECK(nccl().ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), dt,
+                                             nccl_op(op), comm, st));
+        });
   }
 
   WorkPtr do_broadcast(const Tensor& t, int root) override {
     return launch(
         fmt::format("broadcast from rank {} of {} {}", root, dtype_name(t.dtype()), shape_str(t.shape())),
         {t}, nullptr, [&](ncclComm_t comm, cudaStream_t st) {
-          BB_NCCL_CHECK(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm, st));
+          BB_NCCL_CHECK(
+              nccl().ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm, st));
         });
   }
 
@@ -373,8 +473,8 @@ class ProcessGroupNCCL : public ProcessGroup {
           if (n > 0) src.narrow(0, 0, n).copy_(in.view({n}));
         },
         [&](ncclComm_t comm, cudaStream_t st) {
-          BB_NCCL_CHECK(ncclReduceScatter(src.data_ptr(), out.data_ptr(), static_cast<size_t>(c), dt,
-                                          nccl_op(op), comm, st));
+          BB_NCCL_CHECK(nccl().ncclReduceScatter(src.data_ptr(), out.data_ptr(), static_cast<size_t>(c), dt,
+                                                 nccl_op(op), comm, st));
         });
   }
 
@@ -395,7 +495,8 @@ class ProcessGroupNCCL : public ProcessGroup {
           keep.push_back(dst);
         },
         [&](ncclComm_t comm, cudaStream_t st) {
-          BB_NCCL_CHECK(ncclAllGather(in.data_ptr(), dst.data_ptr(), static_cast<size_t>(c), dt, comm, st));
+          BB_NCCL_CHECK(
+              nccl().ncclAllGather(in.data_ptr(), dst.data_ptr(), static_cast<size_t>(c), dt, comm, st));
         },
         [&] {
           if (padded && n > 0) Tensor(out).view({n}).copy_(dst.narrow(0, 0, n));
@@ -429,11 +530,16 @@ std::shared_ptr<CommState> finish_init(ncclComm_t comm, int gpu, int rank, int s
 
 bool nccl_built() { return true; }
 
+std::string nccl_library_description() {
+  const NcclApi& a = nccl();
+  return fmt::format("NCCL {} ({})", nccl_version_str(a.version), a.path);
+}
+
 size_t nccl_unique_id_size() { return sizeof(ncclUniqueId); }
 
 std::string nccl_unique_id() {
   ncclUniqueId id;
-  BB_NCCL_CHECK(ncclGetUniqueId(&id));
+  BB_NCCL_CHECK(nccl().ncclGetUniqueId(&id));
   return std::string(reinterpret_cast<const char*>(&id), sizeof(id));
 }
 
@@ -449,7 +555,7 @@ ProcessGroupPtr make_nccl_group(const std::string& unique_id, int rank, int size
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 0;  // init and collectives return at once; settle() polls with a deadline
   ncclComm_t comm = nullptr;
-  BB_NCCL_CHECK(ncclCommInitRankConfig(&comm, size, id, rank, &config));
+  BB_NCCL_CHECK(nccl().ncclCommInitRankConfig(&comm, size, id, rank, &config));
   return std::make_shared<ProcessGroupNCCL>(finish_init(comm, gpu, rank, size, timeout_s), timeout_s,
                                             std::move(keepalive));
 }
@@ -468,13 +574,13 @@ std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, doub
              "init_threads: cuda:{} is listed twice; each rank (thread) needs a GPU of its own", g);
   }
   ncclUniqueId id;
-  BB_NCCL_CHECK(ncclGetUniqueId(&id));
+  BB_NCCL_CHECK(nccl().ncclGetUniqueId(&id));
   DeviceGuard restore(cuda::current_device());  // the loop below moves through the GPUs
   std::vector<ncclComm_t> comms(gpus.size(), nullptr);
   std::vector<std::shared_ptr<CommState>> states;
   std::vector<ProcessGroupPtr> out;
   try {
-    BB_NCCL_CHECK(ncclGroupStart());
+    BB_NCCL_CHECK(nccl().ncclGroupStart());
     ncclResult_t rc = ncclSuccess;
     {
       // Closes the group on every path (an exception below must not leave this thread's
@@ -482,7 +588,7 @@ std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, doub
       struct GroupEnd {
         ncclResult_t* rc;
         ~GroupEnd() {
-          ncclResult_t e = ncclGroupEnd();
+          ncclResult_t e = nccl().ncclGroupEnd();
           if (*rc == ncclSuccess || *rc == ncclInProgress) *rc = e;
         }
       } end{&rc};
@@ -490,14 +596,14 @@ std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, doub
         cuda::set_device(gpus[static_cast<size_t>(i)]);
         ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
         config.blocking = 0;
-        rc = ncclCommInitRankConfig(&comms[static_cast<size_t>(i)], n, id, i, &config);
+        rc = nccl().ncclCommInitRankConfig(&comms[static_cast<size_t>(i)], n, id, i, &config);
         if (rc != ncclSuccess && rc != ncclInProgress) break;
       }
     }
     // The first failure, or ncclGroupEnd's result (ncclInProgress: still initializing).
     if (rc != ncclSuccess && rc != ncclInProgress)
       throw NcclError(fmt::format("init_threads: NCCL communicator init over {} GPU(s) failed: {} ({})", n,
-                                  ncclGetErrorString(rc), ncclGetLastError(nullptr)));
+                                  nccl().ncclGetErrorString(rc), nccl().ncclGetLastError(nullptr)));
     for (int i = 0; i < n; ++i) {
       auto s = std::make_shared<CommState>();
       s->comm = comms[static_cast<size_t>(i)];
@@ -515,7 +621,7 @@ std::vector<ProcessGroupPtr> make_nccl_groups(const std::vector<int>& gpus, doub
   } catch (...) {
     // Aborted before the groups go, so no group waits in finalize for a peer that failed.
     for (ncclComm_t c : comms)
-      if (c) ncclCommAbort(c);
+      if (c) nccl().ncclCommAbort(c);
     for (auto& s : states) s->abort_comm("init_threads failed");
     out.clear();
     throw;
@@ -557,6 +663,7 @@ namespace {
 }  // namespace
 
 bool nccl_built() { return false; }
+std::string nccl_library_description() { no_nccl("nccl library"); }
 size_t nccl_unique_id_size() { return 128; }
 std::string nccl_unique_id() { no_nccl("nccl unique id"); }
 ProcessGroupPtr make_nccl_group(const std::string&, int, int, int, double, std::shared_ptr<void>) {

@@ -69,6 +69,10 @@ file(READ ${prefix}/${INSTALL_INCLUDEDIR}/barbell/config.hpp config_hpp)
 if(HAVE_CUDA AND NOT config_hpp MATCHES "#define BARBELL_HAVE_CUDA 1")
   message(FATAL_ERROR "package test: installed config.hpp does not say BARBELL_HAVE_CUDA 1:\n${config_hpp}")
 endif()
+# The MPI process group is a module beside the library, which libbarbell opens at run time.
+if(HAVE_MPI AND NOT EXISTS ${prefix}/${INSTALL_LIBDIR}/libbarbell_mpi.so)
+  message(FATAL_ERROR "package test: ${INSTALL_LIBDIR}/libbarbell_mpi.so (the MPI backend) is missing from ${prefix}")
+endif()
 message(STATUS "package test: installed files present (${prefix})")
 # An installed program must find the installed library through its own RPATH.
 if(EXISTS ${prefix}/bin/barbell-train)
