@@ -17,6 +17,7 @@
 #include "barbell/io/addition.hpp"
 #include "barbell/io/data.hpp"
 #include "barbell/io/gpt2_tokenizer.hpp"
+#include "barbell/io/hf_gpt2.hpp"
 #include "barbell/io/safetensors.hpp"
 #include "barbell/io/tokenizer.hpp"
 #include "barbell/dist/dist.hpp"
