@@ -40,6 +40,7 @@ struct Args {
   bool reverse = false;
   int threads = 0;
   bool zero = false;
+  std::string init_from, export_hf, tokenizer;  // Hugging Face GPT-2 folders, GPT-2 BPE
 };
 
 std::string fmt_duration(double s) {
@@ -151,10 +152,126 @@ std::string model_json(const bb::nn::GPTConfig& c) {
 // would not be the ones an uninterrupted run gets. (--steps may change: with the same
 // schedule shape a run can be extended.)
 json run_json(const Args& a, bb::DType dtype) {
-  return {{"data", a.data.empty() ? "addition" : a.data}, {"digits", a.digits}, {"reverse", a.reverse},
-          {"seed", a.seed}, {"batch", a.batch}, {"seq_len", a.data.empty() ? 0 : a.seq_len},
-          {"dropout", a.dropout}, {"lr", a.lr}, {"min_lr", a.min_lr}, {"warmup", a.warmup},
-          {"weight_decay", a.weight_decay}, {"grad_clip", a.grad_clip}, {"dtype", bb::dtype_name(dtype)}};
+  json j = {{"data", a.data.empty() ? "addition" : a.data}, {"digits", a.digits}, {"reverse", a.reverse},
+            {"seed", a.seed}, {"batch", a.batch}, {"seq_len", a.data.empty() ? 0 : a.seq_len},
+            {"dropout", a.dropout}, {"lr", a.lr}, {"min_lr", a.min_lr}, {"warmup", a.warmup},
+            {"weight_decay", a.weight_decay}, {"grad_clip", a.grad_clip}, {"dtype", bb::dtype_name(dtype)}};
+  if (!a.tokenizer.empty()) j["tokenizer"] = a.tokenizer;  // BPE ids, not bytes
+  return j;
+}
+
+// --- Hugging Face GPT-2 folders and GPT-2's BPE tokenizer (--init-from, --export-hf, --tokenizer) ---
+
+// Flags that only make sense together, checked before any work.
+void check_hf_flags(const Args& a) {
+  BB_CHECK(a.tokenizer.empty() || !a.data.empty(), bb::ValueError,
+           "barbell-train: --tokenizer {} needs --data (the addition task has its own 13-token vocabulary)",
+           a.tokenizer);
+  if (a.init_from.empty()) return;
+  BB_CHECK(!a.data.empty(), bb::ValueError,
+           "barbell-train: --init-from {} needs --data: the addition task's 13 tokens mean nothing to a "
+           "pretrained model",
+           a.init_from);
+}
+
+// With --tokenizer, text becomes GPT-2 BPE ids and is written as an llm.c shard in --out (so that later runs
+// read the ids with --data OUT/tokens.bin); a .bin shard is checked against the vocabulary.
+// `tokens` holds what load_tokens read: for a text file its bytes.
+void apply_tokenizer(const Args& a, const bb::io::GPT2Tokenizer& tok, bool lead, std::vector<int32_t>& tokens,
+                     int64_t& vocab) {
+  vocab = tok.vocab_size();
+  const bool shard = a.data.size() >= 4 && a.data.substr(a.data.size() - 4) == ".bin";
+  if (!shard) {
+    BB_CHECK(vocab <= 65536, bb::ValueError,
+             "barbell-train: --tokenizer {}: {} tokens do not fit the uint16 ids of a token shard",
+             a.tokenizer, vocab);
+    auto t0 = Clock::now();
+    const std::string text(tokens.begin(), tokens.end());
+    tokens = tok.encode(text);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (lead) {
+      std::filesystem::create_directories(a.out);
+      const std::string path = a.out + "/tokens.bin";
+      bb::io::write_token_shard(path, std::vector<uint16_t>(tokens.begin(), tokens.end()));
+      fmt::print(
+          "tokenizer: {} ({} tokens): {} bytes of text -> {} tokens in {:.2f} s, written to {} (an llm.c "
+          "shard: --data {} --tokenizer {} trains on the same ids without encoding again)\n",
+          a.tokenizer, vocab, text.size(), tokens.size(), secs, path, path, a.tokenizer);
+    }
+  }
+  const int32_t top = *std::max_element(tokens.begin(), tokens.end());
+  BB_CHECK(top < vocab, bb::ValueError,
+           "barbell-train: {} holds token id {}, outside --tokenizer {}'s {} tokens", a.data, top,
+           a.tokenizer, vocab);
+}
+
+// --init-from: the model is the folder's (its sizes, its context, its vocabulary); --dropout, --seed and
+// --attention still apply. Returns the folder's config; `cfg` becomes the model's.
+bb::io::HFGPT2Config init_config(const Args& a, bb::nn::GPTConfig& cfg, int64_t data_vocab, int64_t seq_len,
+                                 bool lead) {
+  bb::io::HFGPT2Config hf = bb::io::read_hf_gpt2_config(a.init_from);
+  const bb::nn::GPTConfig& g = hf.gpt;
+  const std::pair<const char*, std::pair<int64_t, int64_t>> sizes[] = {{"--n-layer", {a.n_layer, g.n_layer}},
+                                                                       {"--n-head", {a.n_head, g.n_head}},
+                                                                       {"--n-embd", {a.n_embd, g.n_embd}}};
+  for (const auto& [flag, v] : sizes) {
+    BB_CHECK(v.first == 0 || v.first == v.second, bb::ValueError,
+             "barbell-train: {} {} contradicts --init-from {}, whose model has {}", flag, v.first,
+             a.init_from, v.second);
+  }
+  BB_CHECK(data_vocab <= g.vocab_size, bb::ValueError,
+           "barbell-train: --init-from {}: the model has {} tokens, the data needs {}", a.init_from,
+           g.vocab_size, data_vocab);
+  BB_CHECK(seq_len <= g.block_size, bb::ValueError,
+           "barbell-train: --seq-len {} is longer than --init-from {}'s n_positions {}", seq_len, a.init_from,
+           g.block_size);
+  if (lead && a.tokenizer.empty() && data_vocab <= 256 && g.vocab_size > 256)
+    fmt::print(
+        "note: --init-from {} has {} tokens but the data is byte-level: the ids are bytes, not that model's "
+        "tokens (give --tokenizer DIR for GPT-2 BPE)\n",
+        a.init_from, g.vocab_size);
+  const double dropout = cfg.dropout;
+  const uint64_t seed = cfg.seed;
+  const bb::AttentionBackend backend = cfg.attn_backend;
+  cfg = g;
+  cfg.dropout = dropout;
+  cfg.seed = seed;
+  cfg.attn_backend = backend;
+  return hf;
+}
+
+// --export-hf: config.json and model.safetensors in the model's dtype, plus the tokenizer's files, so that
+// GPT2LMHeadModel.from_pretrained(dir) and GPT2TokenizerFast.from_pretrained(dir) both open the folder.
+void export_hf(const Args& a, const bb::nn::GPT& model, const std::optional<bb::io::GPT2Tokenizer>& tok,
+               const std::optional<bb::io::HFGPT2Config>& init) {
+  bb::io::HFGPT2SaveOptions o;
+  if (tok && tok->token_id("<|endoftext|>")) {
+    o.bos_token_id = o.eos_token_id = *tok->token_id("<|endoftext|>");
+  } else if (init) {
+    o.bos_token_id = init->bos_token_id;
+    o.eos_token_id = init->eos_token_id;
+  }
+  bb::io::save_hf_gpt2(model, a.export_hf, o);
+  std::string files = "config.json, model.safetensors";
+  if (tok) {
+    for (const char* f : {"vocab.json", "merges.txt"}) {
+      std::filesystem::copy_file(a.tokenizer + "/" + f, a.export_hf + "/" + f,
+                                 std::filesystem::copy_options::overwrite_existing);
+      files += std::string(", ") + f;
+    }
+  }
+  fmt::print("exported: {} (a Hugging Face GPT-2 folder: {})\n", a.export_hf, files);
+}
+
+// A sample's text; ids the tokenizer lacks (a padded vocabulary's) are shown as <id>.
+std::string decode_sample(const bb::io::GPT2Tokenizer& tok, const std::vector<int32_t>& ids) {
+  std::string out;
+  for (int32_t id : ids) {
+    try {
+      out += tok.decode({id});
+    } catch (const bb::IndexError&) { out += fmt::format("<{}>", id); }
+  }
+  return out;
 }
 
 int run(const Args& args) {
@@ -196,6 +313,9 @@ int run(const Args& args) {
   std::optional<bb::io::AdditionTask> task;
   std::unique_ptr<Source> train_src, val_src;
   std::shared_ptr<const std::vector<int32_t>> train_tokens, val_tokens;
+  check_hf_flags(args);
+  std::optional<bb::io::GPT2Tokenizer> bpe;
+  if (!args.tokenizer.empty()) bpe.emplace(args.tokenizer);
   if (args.data.empty()) {
     task.emplace(args.digits, args.reverse);
     train_src = std::make_unique<AdditionSource>(*task, local_batch, rank_seed);
@@ -206,6 +326,7 @@ int run(const Args& args) {
       vocab = *std::max_element(tokens.begin(), tokens.end()) + 1;
       if (vocab > 256) vocab = std::max<int64_t>(vocab, 50257);  // GPT-2 token ids
     }
+    if (bpe) apply_tokenizer(args, *bpe, lead, tokens, vocab);
     int64_t n = static_cast<int64_t>(tokens.size());
     int64_t n_val = std::max<int64_t>(args.seq_len + 1, n / 10);
     BB_CHECK(n - n_val >= args.seq_len + 1, bb::ValueError,
@@ -231,8 +352,12 @@ int run(const Args& args) {
                      : args.attention == "cudnn" ? bb::AttentionBackend::Cudnn
                      : args.attention == "math"  ? bb::AttentionBackend::Math
                                                  : bb::AttentionBackend::Auto;
+  std::optional<bb::io::HFGPT2Config> hf;
+  if (!args.init_from.empty())
+    hf = init_config(args, cfg, train_src->vocab_size(), train_src->seq_len(), lead);
   bb::manual_seed(args.seed);
   bb::nn::GPT model(cfg);
+  if (hf) bb::io::load_hf_gpt2_weights(model, args.init_from);
   model.to(device);
   model.to(dtype);
   bb::optim::AdamWOptions ao;
@@ -439,6 +564,7 @@ int run(const Args& args) {
   if (!lead) return 0;  // rank 0 alone evaluates and samples
   evaluate(step);
   fmt::print("checkpoint: {} (step {})\nmetrics: {}\n", ckpt, step, metrics_path);
+  if (!args.export_hf.empty()) export_hf(args, model, bpe, hf);
 
   // Samples.
   model.eval();
@@ -460,7 +586,10 @@ int run(const Args& args) {
     std::vector<int32_t> prompt(val_tokens->begin(), val_tokens->begin() + std::min<int64_t>(16, cfg.block_size / 2));
     for (int64_t i = 0; i < std::min<int64_t>(args.samples, 3); ++i) {
       auto out = model.generate(prompt, std::min<int64_t>(200, cfg.block_size), 0.8, 40);
-      if (cfg.vocab_size <= 256) fmt::print("sample {}:\n{}\n---\n", i, tok.decode(out));
+      if (bpe)
+        fmt::print("sample {}:\n{}\n---\n", i, decode_sample(*bpe, out));
+      else if (cfg.vocab_size <= 256)
+        fmt::print("sample {}:\n{}\n---\n", i, tok.decode(out));
       else fmt::print("sample {}: {} token ids\n", i, out.size());
     }
   }
@@ -508,6 +637,15 @@ int main(int argc, char** argv) {
   app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
   app.add_option("--threads", a.threads, "CPU threads for OpenMP and OpenBLAS (0: all cores)")->capture_default_str();
+  app.add_option(
+      "--init-from", a.init_from,
+      "Start from a Hugging Face GPT-2 folder (config.json, model.safetensors): its sizes and weights");
+  app.add_option(
+      "--export-hf", a.export_hf,
+      "At the end, write the model as a Hugging Face GPT-2 folder (GPT2LMHeadModel.from_pretrained)");
+  app.add_option("--tokenizer", a.tokenizer,
+                 "Folder with GPT-2's vocab.json and merges.txt: --data text is BPE-encoded (and saved as "
+                 "OUT/tokens.bin)");
   app.add_flag("--zero", a.zero, "Under mpirun: shard AdamW's state over the ranks (ZeRO-1) instead of DataParallel");
   CLI11_PARSE(app, argc, argv);
   try {

@@ -16,6 +16,8 @@
 #include "barbell/optim/optim.hpp"
 #include "barbell/io/addition.hpp"
 #include "barbell/io/data.hpp"
+#include "barbell/io/gpt2_tokenizer.hpp"
+#include "barbell/io/hf_gpt2.hpp"
 #include "barbell/io/safetensors.hpp"
 #include "barbell/io/tokenizer.hpp"
 #include "barbell/dist/dist.hpp"
