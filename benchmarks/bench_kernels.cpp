@@ -23,6 +23,13 @@
 // Flags: --json FILE, --quick (16384 tokens, bf16, few repetitions: a smoke run),
 // --only REGEX (on "name dtype tokens"), --commit STR (recorded in the JSON).
 // Without a GPU it prints a message and exits with 77 (like the CUDA tests: "skipped").
+//
+// On barbell's emulated device (a BARBELL_CUDA=EMULATE build) nothing is timed: each case
+// runs once at emulation sizes (--tokens, default 32; a small parameter set for the
+// optimizer) and the table shows the emulator's memory-traffic counts for the kernels the
+// case launched (emu/README.md): coalescing (sectors touched / the fewest possible),
+// distinct bytes moved against the ideal bytes above, shared-memory bank conflicts
+// (wavefronts / ideal), atomics. Counts under emulation, not timings.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -93,6 +100,7 @@ struct Case {
 class Bench {
  public:
   bool quick = false;
+  bool emulated = false;  // the emulated device: traffic counts instead of timings
   std::regex only{".*"};
   json results = json::array();
   // Written after every case, so a run cut short by a timeout still leaves its results.
@@ -112,6 +120,7 @@ class Bench {
   bb::Generator gen{20251126};
 
   void init() {
+    if (emulated) return;  // no timing: no delay buffers
     if (quick) {
       timer.target_ms = 25;
       timer.warm = 2;
@@ -143,6 +152,7 @@ class Bench {
   }
   // Enough copies of an input set of `input_bytes` that all of them exceed 2x the L2.
   int copies_for(double input_bytes) const {
+    if (emulated) return 1;
     double want = 2.0 * static_cast<double>(timer.l2);
     if (input_bytes >= want) return 1;
     return static_cast<int>(std::ceil(want / input_bytes)) + 1;
@@ -160,6 +170,74 @@ class Bench {
   struct Fns {
     Timed timed, setup;
   };
+  // The emulated device: run the case once and report the traffic of what it launched.
+  static std::map<std::string, bb::cuda::KernelTraffic> traffic_now() {
+    std::map<std::string, bb::cuda::KernelTraffic> m;
+    for (const auto& k : bb::cuda::emulated_traffic()) m[k.kernel] = k;
+    return m;
+  }
+  static void emu_header() {
+    std::printf("%-26s %-5s %6s %-28s %7s %9s %9s %7s %9s %9s %6s %7s\n", "case", "dtype", "tokens", "shape",
+                "kernels", "requests", "sector_eff", "moved_MB", "ideal_MB", "moved/ideal", "bank", "atomics");
+    std::fflush(stdout);
+  }
+  void run_emulated(Case c, json& j, const std::function<Fns()>& make) {
+    Fns f = make();
+    bb::cuda::synchronize();
+    auto before = traffic_now();
+    if (f.setup) f.setup(0);
+    bb::cuda::synchronize();
+    auto mid = traffic_now();  // what the setup launched is not the case's
+    f.timed(0);
+    bb::cuda::synchronize();
+    auto after = traffic_now();
+    (void)before;
+    uint64_t req = 0, sec = 0, ideal = 0, moved = 0, swf = 0, sideal = 0, atom = 0;
+    json kernels = json::array();
+    for (const auto& [name, k] : after) {
+      bb::cuda::KernelTraffic d = k, o{};
+      auto it = mid.find(name);
+      if (it != mid.end()) o = it->second;
+      d.launches -= o.launches;
+      if (d.launches == 0) continue;
+      d.requests -= o.requests;
+      d.sectors -= o.sectors;
+      d.ideal_sectors -= o.ideal_sectors;
+      d.unique_read_sectors -= o.unique_read_sectors;
+      d.unique_write_sectors -= o.unique_write_sectors;
+      d.shared_wavefronts -= o.shared_wavefronts;
+      d.shared_ideal_wavefronts -= o.shared_ideal_wavefronts;
+      d.atomics -= o.atomics;
+      req += d.requests;
+      sec += d.sectors;
+      ideal += d.ideal_sectors;
+      moved += 32 * (d.unique_read_sectors + d.unique_write_sectors);
+      swf += d.shared_wavefronts;
+      sideal += d.shared_ideal_wavefronts;
+      atom += d.atomics;
+      kernels.push_back({{"kernel", name},
+                         {"launches", d.launches},
+                         {"requests", d.requests},
+                         {"sectors", d.sectors},
+                         {"ideal_sectors", d.ideal_sectors},
+                         {"moved_bytes", 32 * (d.unique_read_sectors + d.unique_write_sectors)},
+                         {"shared_wavefronts", d.shared_wavefronts},
+                         {"shared_ideal_wavefronts", d.shared_ideal_wavefronts},
+                         {"atomics", d.atomics}});
+    }
+    const double eff = sec ? static_cast<double>(ideal) / static_cast<double>(sec) : 0;
+    const double ratio = c.bytes > 0 ? static_cast<double>(moved) / c.bytes : 0;
+    const double bank = sideal ? static_cast<double>(swf) / static_cast<double>(sideal) : 0;
+    j["emulated"] = {{"kernels", kernels}, {"requests", req},          {"sector_efficiency", eff},
+                     {"moved_bytes", moved}, {"moved_over_ideal", ratio}, {"bank_conflict_ways", bank},
+                     {"atomics", atom}};
+    std::printf("%-26s %-5s %6lld %-28s %7zu %9llu %9.0f%% %7.3f %9.3f %9.2fx %6s %7llu\n", c.name.c_str(),
+                bb::dtype_name(c.dtype), static_cast<long long>(c.tokens), c.shape.substr(0, 28).c_str(),
+                kernels.size(), static_cast<unsigned long long>(req), 100 * eff, static_cast<double>(moved) / 1e6,
+                c.bytes / 1e6, ratio, sideal ? fmt::format("{:.2f}", bank).c_str() : "-",
+                static_cast<unsigned long long>(atom));
+  }
+
   void run(Case c, const std::function<Fns()>& make) {
     if (!wanted(c)) return;
     json j = {{"name", c.name},       {"dtype", bb::dtype_name(c.dtype)}, {"tokens", c.tokens},
@@ -167,6 +245,13 @@ class Bench {
               {"bytes", c.bytes},     {"flops_formula", c.flops_formula}, {"flops", c.flops},
               {"host_sync", c.host_sync}};
     try {
+      if (emulated) {
+        run_emulated(c, j, make);
+        std::fflush(stdout);
+        results.push_back(j);
+        save();
+        return;
+      }
       Measured m;
       {
         Fns f = make();
@@ -668,7 +753,8 @@ std::vector<Shape> gpt2_shapes() {
 }
 
 void optimizer(Bench& b) {
-  auto shapes = gpt2_shapes();
+  // On the emulated device a small parameter set of awkward sizes stands for GPT-2's.
+  auto shapes = b.emulated ? std::vector<Shape>{{1000, 64}, {64}, {64, 192}, {192}, {333}, {7, 33}} : gpt2_shapes();
   double P = 0;
   for (auto& s : shapes) P += static_cast<double>(bb::shape_numel(s));
   std::printf("  GPT-2 124M parameter set: %zu tensors, %.0f elements\n", shapes.size(), P);
@@ -733,6 +819,9 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "Write the results as JSON to this file");
   app.add_option("--only", only, "Run only the cases whose \"name dtype tokens\" matches this regex");
   app.add_option("--commit", commit, "The commit being measured (recorded in the JSON)");
+  int64_t emu_tokens = 32;
+  app.add_option("--tokens", emu_tokens, "On the emulated device: the token count of the cases (default 32)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   CLI11_PARSE(app, argc, argv);
 
   if (bb::cuda::device_count() == 0) {
@@ -741,6 +830,7 @@ int main(int argc, char** argv) {
   }
   Bench b;
   b.quick = quick;
+  b.emulated = bb::cuda::is_emulated();
   try {
     b.only = std::regex(only);
   } catch (const std::regex_error& e) {
@@ -773,9 +863,13 @@ int main(int argc, char** argv) {
             "covers the host's enqueue time and flushes L2; inputs rotated over copies totalling > 2x L2; backward "
             "= the op's autograd node apply(dy)"}};
     std::printf("bench_kernels on %s (sm_%d%d, %d SMs, L2 %zu MiB)%s\n", p.name.c_str(), p.major, p.minor,
-                p.multiprocessors, p.l2_cache >> 20, quick ? " QUICK" : "");
-    ceiling_copy(b, ceilings);
-    ceiling_matmul(b, ceilings);
+                p.multiprocessors, p.l2_cache >> 20, b.emulated ? " EMULATED: traffic counts, not timings" : quick ? " QUICK" : "");
+    if (b.emulated) {
+      out["method"] = "the emulated device (emu/): each case run once, the emulator's memory-traffic counters";
+    } else {
+      ceiling_copy(b, ceilings);
+      ceiling_matmul(b, ceilings);
+    }
   } catch (const std::exception& e) {
     std::printf("bench_kernels: ceilings failed: %s\n", e.what());
     ceilings["error"] = e.what();
@@ -784,8 +878,11 @@ int main(int argc, char** argv) {
   out["complete"] = false;
   b.json_path = json_path;
   b.meta = out;
-  Bench::header();
-  std::vector<int64_t> tokens = quick ? std::vector<int64_t>{16384} : std::vector<int64_t>{16384, 65536};
+  if (b.emulated) Bench::emu_header();
+  else Bench::header();
+  std::vector<int64_t> tokens = b.emulated ? std::vector<int64_t>{emu_tokens}
+                                : quick    ? std::vector<int64_t>{16384}
+                                           : std::vector<int64_t>{16384, 65536};
   std::vector<DType> dtypes = quick ? std::vector<DType>{DType::BF16} : std::vector<DType>{DType::BF16, DType::F32};
   for (DType dt : dtypes) {
     for (int64_t N : tokens) {
@@ -795,7 +892,7 @@ int main(int argc, char** argv) {
   }
   for (DType dt : dtypes)
     for (int64_t N : tokens)
-      if (dt == DType::BF16 || N == 16384) matmuls(b, N, dt);  // f32 GEMMs (no TF32) at 16k tokens only
+      if (dt == DType::BF16 || N == 16384 || b.emulated) matmuls(b, N, dt);  // f32 GEMMs (no TF32) at 16k tokens only
   optimizer(b);
   out["results"] = b.results;
   out["complete"] = true;

@@ -14,6 +14,7 @@
 // and the rounding of the partials follow the scheme). A call whose pointers break the chosen
 // algorithm's assumption faults on the device, as the GPU kernel would ("misaligned address").
 #include <cublasLt.h>
+#include <cublas_api.h>  // CUBLAS_VERSION
 
 #include <cstring>
 #include <mutex>
@@ -439,6 +440,9 @@ cublasStatus_t CUBLASWINAPI cublasLtDestroy(cublasLtHandle_t lightHandle) {
 }
 
 const char* CUBLASWINAPI cublasLtGetStatusName(cublasStatus_t status) { return gemm::status_name(status); }
+
+// The version of the headers the emulation was written against (cuBLAS 13.1).
+size_t CUBLASWINAPI cublasLtGetVersion(void) { return CUBLAS_VERSION; }
 const char* CUBLASWINAPI cublasLtGetStatusString(cublasStatus_t status) {
   return gemm::status_string(status);
 }

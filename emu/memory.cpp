@@ -681,10 +681,11 @@ void* arena_alloc(size_t bytes, int device, uint32_t op) {
   s.allocs.push_back(r);
   for (size_t p = first + 1; p < first + 1 + data_pages; ++p) (*s.page_alloc)[p] = id;
   s.in_use += bytes;
-  // Fresh device memory is garbage on a GPU: here 0xFF bytes (NaN in every float type);
-  // reads of it are reported anyway (the init masks).
+  // Fresh device memory is garbage on a GPU: here 0xFF bytes (NaN in every float type),
+  // up to 64 MiB (larger allocations stay untouched, zero pages, until used); reads of
+  // unwritten bytes are reported anyway (the init masks).
   arena_unprotect();
-  std::memset(reinterpret_cast<void*>(r.start), 0xff, data_pages * kPage);
+  std::memset(reinterpret_cast<void*>(r.start), 0xff, std::min(data_pages * kPage, size_t(64) << 20));
   arena_protect();
   return reinterpret_cast<void*>(r.start);
 }

@@ -12,6 +12,9 @@
 #include "barbell/cuda/cuda.hpp"
 #include "check.cuh"
 #include "cuda/runtime.hpp"
+#ifdef BARBELL_CUDA_EMULATE
+#include "internal.hpp"  // emu/: the traffic counters
+#endif
 
 namespace barbell {
 namespace {
@@ -433,6 +436,34 @@ void empty_cache(int device) {
 
 void set_poison_allocations(bool on) { g_poison.store(on); }
 bool poison_allocations() { return g_poison.load(); }
+
+#ifdef BARBELL_CUDA_EMULATE
+bool is_emulated() { return true; }
+std::vector<KernelTraffic> emulated_traffic() {
+  std::vector<KernelTraffic> out;
+  for (const auto& [name, s] : emu::kernel_stats()) {
+    KernelTraffic k;
+    k.kernel = name;
+    k.launches = s.launches;
+    k.requests = s.g_requests;
+    k.sectors = s.g_sectors;
+    k.ideal_sectors = s.g_ideal_sectors;
+    k.bytes_read = s.g_bytes_read;
+    k.bytes_written = s.g_bytes_written;
+    k.unique_read_sectors = s.g_unique_read_sectors;
+    k.unique_write_sectors = s.g_unique_write_sectors;
+    k.shared_requests = s.s_requests;
+    k.shared_wavefronts = s.s_wavefronts;
+    k.shared_ideal_wavefronts = s.s_ideal_wavefronts;
+    k.atomics = s.atomics;
+    out.push_back(k);
+  }
+  return out;
+}
+#else
+bool is_emulated() { return false; }
+std::vector<KernelTraffic> emulated_traffic() { return {}; }
+#endif
 
 }  // namespace cuda
 }  // namespace barbell

@@ -45,7 +45,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
       oc += i * c.strides()[d];
     }
   };
-  const bool small = M * N * K < 64 * 64 * 64;
+  [[maybe_unused]] const bool small = M * N * K < 64 * 64 * 64;  // (used by the pragma only)
   dispatch_float(c.dtype(), "matmul", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {

@@ -46,6 +46,8 @@ void reset_peak_memory_stats(int) { no_cuda("cuda::reset_peak_memory_stats"); }
 void empty_cache(int) { no_cuda("cuda::empty_cache"); }
 void set_poison_allocations(bool) {}
 bool poison_allocations() { return false; }
+bool is_emulated() { return false; }
+std::vector<KernelTraffic> emulated_traffic() { return {}; }
 void set_allow_tf32(bool) {}
 bool allow_tf32() { return false; }
 }  // namespace cuda

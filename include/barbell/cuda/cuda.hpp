@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "barbell/core/device.hpp"
 
@@ -109,5 +110,24 @@ bool allow_tf32();
 // float dtype, -1 for integers), so a kernel that forgets to write an output is caught.
 void set_poison_allocations(bool on);
 bool poison_allocations();
+
+// Whether cuda:N is barbell's host emulator of the GPU (a BARBELL_CUDA=EMULATE build,
+// emu/README.md), not a GPU.
+bool is_emulated();
+
+// The emulator's memory-traffic counters per kernel (launch site), summed over every
+// launch since the program started; empty on a GPU. Counts under emulation, not timings.
+struct KernelTraffic {
+  std::string kernel;  // launch expression (file:line)
+  uint64_t launches = 0;
+  uint64_t requests = 0;       // warp-level global-memory requests
+  uint64_t sectors = 0;        // 32-byte sectors they touched
+  uint64_t ideal_sectors = 0;  // the fewest that could hold the bytes they asked for
+  uint64_t bytes_read = 0, bytes_written = 0;            // by the threads
+  uint64_t unique_read_sectors = 0, unique_write_sectors = 0;  // distinct per launch, summed
+  uint64_t shared_requests = 0, shared_wavefronts = 0, shared_ideal_wavefronts = 0;
+  uint64_t atomics = 0;
+};
+std::vector<KernelTraffic> emulated_traffic();
 
 }  // namespace barbell::cuda
