@@ -176,13 +176,18 @@ void thread_entry(ThreadCtx* t) noexcept {
     if (L.thunk) {
       // This thread's own copy of the kernel's arguments, on its stack.
       alignas(64) unsigned char params[kMaxParamBlock];
-      std::memcpy(params, L.params, L.param_bytes);
+      {
+        NoCheck guard;  // the launch's copy of the arguments is the emulator's memory
+        std::memcpy(params, L.params, L.param_bytes);
+      }
       L.thunk(params);
     } else {
       (*L.body)();
     }
+    NoCheck guard;  // the emulator's bookkeeping from here on
     on_exit(*t);
   } catch (...) {
+    ++t_nocheck;
     if (!L.failure) L.failure = std::current_exception();
     t->st = TSt::done;
   }

@@ -212,6 +212,8 @@ void arena_protect();
 void on_kernel_access(ThreadCtx* t, uintptr_t a, size_t n, bool write, bool atomic, bool aligned = true);
 // An operation's access (memcpy, memset, emulated libraries).
 void on_op_access(uintptr_t a, size_t n, bool write, const char* what);
+// cudaFreeAsync's ordering check (the free as a write of the block).
+void op_free_access(uintptr_t a, size_t n);
 // Is [a, a+n) inside a live allocation?
 bool live_range(uintptr_t a, size_t n);
 // Launch bookkeeping for the shared-memory shadow and the order check.

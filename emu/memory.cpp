@@ -669,6 +669,8 @@ void* arena_alloc(size_t bytes, int device, uint32_t op) {
     }
     first = s.used_pages;
     s.used_pages += need;
+    // Device work running now (protection lifted) may touch the new pages too.
+    if (s.protect_depth > 0) mprotect(s.base + first * kPage, need * kPage, PROT_READ | PROT_WRITE);
   }
   AllocRec r;
   r.start = reinterpret_cast<uintptr_t>(s.base) + (first + 1) * kPage;
@@ -722,13 +724,15 @@ size_t arena_capacity() {
 
 std::string describe_address(uintptr_t a) { return describe(a); }
 
+// Only the part of the arena ever handed out changes protection (the rest stays PROT_NONE):
+// mprotect's cost grows with the range's mapped pages.
 void arena_unprotect() {
   State& s = S();
-  if (s.base && s.protect_depth++ == 0) mprotect(s.base, s.len, PROT_READ | PROT_WRITE);
+  if (s.base && s.protect_depth++ == 0 && s.used_pages) mprotect(s.base, s.used_pages * kPage, PROT_READ | PROT_WRITE);
 }
 void arena_protect() {
   State& s = S();
-  if (s.base && --s.protect_depth == 0) mprotect(s.base, s.len, PROT_NONE);
+  if (s.base && --s.protect_depth == 0 && s.used_pages) mprotect(s.base, s.used_pages * kPage, PROT_NONE);
 }
 
 void on_kernel_access(ThreadCtx* t, uintptr_t a, size_t n, bool write, bool atomic, bool aligned) {
@@ -741,17 +745,46 @@ void on_op_access(uintptr_t a, size_t n, bool write, const char* what) {
   AllocRec* r = alloc_at(a, &id);
   if (!r || r->state != 1 || a < r->start || a + n > r->start + r->size) {
     std::ostringstream os;
-    os << what << ": " << (write ? "writes" : "reads") << " " << n << " bytes at " << describe(a)
+    os << (write ? "writes" : "reads") << " " << n << " bytes at " << describe(a)
        << (r && r->state != 1 ? " (use after cudaFree)" : "");
+    (void)what;  // where() already names the operation
     fault(os.str(), cudaErrorIllegalAddress);
   }
   if (r->op && !ordered_before(r->op))
-    fault(std::string(what) + ": uses memory allocated by " + op_description(r->op) +
+    fault("uses memory allocated by " + op_description(r->op) +
               " (cudaMallocAsync), which is not ordered before it",
           cudaErrorLaunchFailure);
   for (uintptr_t ga = a & ~uintptr_t(7); ga < a + n; ga += 8) {
     const uintptr_t lo = std::max(ga, a), hi = std::min(ga + 8, a + n);
     global_granule(nullptr, nullptr, id, ga, byte_mask(lo, hi - lo, 8), lo, hi - lo, write, false);
+  }
+}
+
+// cudaFreeAsync's check: the free counts as a write of the whole block, against the
+// accesses recorded so far. Only shadow that was ever written can hold one (mincore finds
+// its pages), so a large block that was barely used costs little.
+void op_free_access(uintptr_t a, size_t n) {
+  State& s = S();
+  uint32_t id = 0;
+  AllocRec* r = alloc_at(a, &id);
+  if (!r || r->state != 1) fault("cudaFreeAsync: the memory at " + describe(a) + " is not a live allocation");
+  const uintptr_t b = reinterpret_cast<uintptr_t>(s.base);
+  char* sh_lo = reinterpret_cast<char*>(s.gshadow + (a - b) / 8);
+  char* sh_hi = reinterpret_cast<char*>(s.gshadow + (a + n - b + 7) / 8);
+  char* page_lo = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(sh_lo) & ~(kPage - 1));
+  const size_t pages = static_cast<size_t>(sh_hi - page_lo + kPage - 1) / kPage;
+  std::vector<unsigned char> resident(pages, 1);
+  if (mincore(page_lo, pages * kPage, resident.data()) != 0) std::fill(resident.begin(), resident.end(), 1);
+  for (size_t pg = 0; pg < pages; ++pg) {
+    if (!(resident[pg] & 1)) continue;
+    char* lo = std::max(page_lo + pg * kPage, sh_lo);
+    char* hi = std::min(page_lo + (pg + 1) * kPage, sh_hi);
+    for (char* q = lo; q < hi; q += sizeof(GShadow)) {
+      const GShadow& g = *reinterpret_cast<const GShadow*>(q);
+      if (g.alloc != id) continue;
+      const uintptr_t ga = b + static_cast<uintptr_t>(reinterpret_cast<const GShadow*>(q) - s.gshadow) * 8;
+      global_granule(nullptr, nullptr, id, ga, 0xff, ga, 8, true, false);
+    }
   }
 }
 
@@ -984,5 +1017,31 @@ BB_TSAN_ATOMIC(32, unsigned int)
 BB_TSAN_ATOMIC(64, unsigned long long)
 #undef BB_TSAN_ATOMIC
 void __tsan_atomic_thread_fence(morder mo) { __atomic_thread_fence(mo); }
+
+// memcpy, memset and memmove, wrapped at link time (-Wl,--wrap=..., emu/CMakeLists.txt):
+// the instrumentation turns a kernel's aggregate copies (a uint4, a struct) into calls of
+// these, which it does not check itself. From an emulated thread they are checked as the
+// reads and writes they are; everywhere else they go straight through.
+void* __real_memcpy(void* d, const void* s, size_t n);
+void* __real_memset(void* d, int c, size_t n);
+void* __real_memmove(void* d, const void* s, size_t n);
+void* __wrap_memcpy(void* d, const void* s, size_t n) {
+  if (t_cur && !t_nocheck && n) {
+    bb_hook(s, n, false, false);
+    bb_hook(d, n, true, false);
+  }
+  return __real_memcpy(d, s, n);
+}
+void* __wrap_memmove(void* d, const void* s, size_t n) {
+  if (t_cur && !t_nocheck && n) {
+    bb_hook(s, n, false, false);
+    bb_hook(d, n, true, false);
+  }
+  return __real_memmove(d, s, n);
+}
+void* __wrap_memset(void* d, int c, size_t n) {
+  if (t_cur && !t_nocheck && n) bb_hook(d, n, true, false);
+  return __real_memset(d, c, n);
+}
 void __tsan_atomic_signal_fence(morder mo) { __atomic_signal_fence(mo); }
 }

@@ -14,6 +14,8 @@
 // host had synchronised with when it queued it), and memory.cpp checks each access
 // against the operations that last wrote and read the same bytes. BARBELL_EMU_SYNC=1
 // runs every operation as it is queued (like CUDA_LAUNCH_BLOCKING=1).
+#include <execinfo.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -189,7 +191,16 @@ std::string stream_label(uint32_t index) {
 }
 
 void report(const std::string& msg) {
-  if (!options().quiet) std::fprintf(stderr, "\nbarbell emulator: %s\n", msg.c_str());
+  if (options().quiet) return;
+  std::fprintf(stderr, "\nbarbell emulator: %s\n", msg.c_str());
+  if (options().eager) {
+    // BARBELL_EMU_SYNC=1: the operation runs inside the host call that queued it, so the
+    // host's stack says which op launched it.
+    void* frames[48];
+    const int n = backtrace(frames, 48);
+    std::fprintf(stderr, "barbell emulator: the host call that queued it:\n");
+    backtrace_symbols_fd(frames, n, 2);
+  }
 }
 
 void execute(CUstream_st* s, PendingOp& op) {
@@ -916,7 +927,7 @@ cudaError_t cudaFreeAsync(void* p, cudaStream_t h) {
   enqueue_op(s, "cudaFreeAsync", [p, n] {
     // The free is ordered like a write of the whole block: any use on another stream
     // that is not ordered before it is a use after free.
-    device_write(p, n);
+    op_free_access(reinterpret_cast<uintptr_t>(p), n);
     Runtime& rr = R();
     auto it = rr.async_allocs.find(p);
     if (it != rr.async_allocs.end()) {

@@ -277,11 +277,18 @@ std::string decode_sample(const bb::io::GPT2Tokenizer& tok, const std::vector<in
 int run(const Args& args) {
   auto t_start = Clock::now();
   if (args.threads > 0) bb::set_num_threads(args.threads);
-  // --device auto: the first GPU when there is one. --dtype auto: bf16 on a GPU (with
-  // fp32 master weights in AdamW and fp32 statistics, softmax and loss), f32 on the CPU.
-  bb::Device device = args.device == "auto"
-                          ? (bb::cuda::is_available() ? bb::Device::cuda(0) : bb::Device::cpu())
-                          : bb::Device::parse(args.device);
+  // --device auto: the first GPU when there is one (the emulated device of a
+  // BARBELL_CUDA=EMULATE build is not one: it is for tests, and very slow). --dtype auto:
+  // bf16 on a GPU (with fp32 master weights in AdamW and fp32 statistics, softmax and
+  // loss), f32 on the CPU.
+  bb::Device device = args.device == "auto" ? (bb::cuda::is_available() && !bb::cuda::is_emulated()
+                                                   ? bb::Device::cuda(0)
+                                                   : bb::Device::cpu())
+                                            : bb::Device::parse(args.device);
+  if (device.is_cuda() && bb::cuda::is_emulated())
+    std::printf("barbell-train: %s is barbell's host emulator of the GPU (emu/): a check of the CUDA code, not a "
+                "GPU; expect it to be slow\n",
+                device.str().c_str());
   if (device.is_cuda()) {
     int n = bb::cuda::device_count();
     BB_CHECK(device.index() < n, bb::DeviceError, "barbell-train: --device {}: {} CUDA device(s) are visible{}",

@@ -256,10 +256,14 @@ ProcessGroupPtr init(const InitOptions& opts) {
   if (env("RANK") && env("WORLD_SIZE")) return init_env(opts);
   if (opts.backend == Backend::NCCL) {
     // One process alone: a one-rank NCCL group on its GPU, so the program's path is the
-    // same as with several ranks.
-    BB_CHECK(detail::nccl_built(), NcclError,
-             "init: this build of barbell has no NCCL backend (configure with -DBARBELL_CUDA=ON "
-             "-DBARBELL_NCCL=ON)");
+    // same as with several ranks. A build without NCCL (or the emulated device's) gets the
+    // local one-rank group on that GPU: one rank needs no communication.
+    if (!detail::nccl_built()) {
+      BB_CHECK(cuda::device_count() > 0, NcclError,
+               "init: Backend::NCCL asked for, but this build of barbell has no NCCL backend (configure with "
+               "-DBARBELL_CUDA=ON -DBARBELL_NCCL=ON) and no CUDA device is visible");
+      return single_process_group(Device::cuda(pick_gpu(opts, 0)));
+    }
     return detail::make_nccl_group(detail::nccl_unique_id(), 0, 1, pick_gpu(opts, 0), timeout_of(opts));
   }
   return single_process_group();
