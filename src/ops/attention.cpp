@@ -13,7 +13,6 @@
 
 #include "barbell/cuda/cuda.hpp"
 #include "flash/tensor_params.hpp"
-#include "ops/attention_hooks.hpp"
 #include "ops/common.hpp"
 
 namespace barbell {
@@ -22,7 +21,6 @@ namespace {
 
 const char* kOp = "scaled_dot_product_attention";
 std::atomic<bool> g_deterministic{false};
-detail::CpuFlashHooks g_cpu_flash;  // tests only (attention_hooks.hpp)
 
 
 // The causal mask, built once per (Tq, Tk, device, stream) and thread: every layer of
@@ -63,7 +61,6 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v) {
 
 // Whether a fused backend can run these inputs; the reason otherwise.
 bool fused_ok(AttentionBackend b, const Tensor& q, const Tensor& k, const Tensor& v, bool causal, std::string* why) {
-  if (q.is_cpu() && b == AttentionBackend::Flash && g_cpu_flash.forward) return gpu::fa::inputs_ok(q, k, v, why);
   if (!q.is_cuda()) {
     *why = fmt::format("it runs on CUDA tensors and q {} is on {}", shape_str(q.shape()), q.device().str());
     return false;
@@ -112,7 +109,6 @@ Tensor fused_layout(const Tensor& t) {
 
 void fused_forward(bool flash, const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                    bool causal, double s) {
-  if (q.is_cpu()) return g_cpu_flash.forward(o, lse, q, k, v, causal, s);  // fused_ok checked it is set
 #if defined(BARBELL_WITH_CUDA)
   if (flash) gpu::flash_attention_forward(o, lse, q, k, v, causal, s);
   else gpu::cudnn_attention_forward(o, lse, q, k, v, causal, s);
@@ -125,7 +121,6 @@ void fused_forward(bool flash, const Tensor& o, const Tensor& lse, const Tensor&
 void fused_backward(bool flash, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& go,
                     const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse, bool causal,
                     double s) {
-  if (q.is_cpu()) return g_cpu_flash.backward(dq, dk, dv, go, q, k, v, o, lse, causal, s, deterministic_attention());
 #if defined(BARBELL_WITH_CUDA)
   if (flash) gpu::flash_attention_backward(dq, dk, dv, go, q, k, v, o, lse, causal, s, deterministic_attention());
   else gpu::cudnn_attention_backward(dq, dk, dv, go, q, k, v, o, lse, causal, s);
@@ -220,7 +215,6 @@ AttentionOutput scaled_dot_product_attention_lse(const Tensor& q, const Tensor& 
 
 void set_deterministic_attention(bool on) { g_deterministic.store(on); }
 
-void detail::set_cpu_flash_hooks(const CpuFlashHooks& hooks) { g_cpu_flash = hooks; }
 bool deterministic_attention() { return g_deterministic.load(); }
 
 }  // namespace barbell
