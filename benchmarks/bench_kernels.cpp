@@ -757,7 +757,8 @@ void optimizer(Bench& b) {
   auto shapes = b.emulated ? std::vector<Shape>{{1000, 64}, {64}, {64, 192}, {192}, {333}, {7, 33}} : gpt2_shapes();
   double P = 0;
   for (auto& s : shapes) P += static_cast<double>(bb::shape_numel(s));
-  std::printf("  GPT-2 124M parameter set: %zu tensors, %.0f elements\n", shapes.size(), P);
+  std::printf("  %s parameter set: %zu tensors, %.0f elements\n", b.emulated ? "emulation-size" : "GPT-2 124M",
+              shapes.size(), P);
   auto as2d = [](const Shape& s) { return s.size() == 1 ? Shape{1, s[0]} : s; };
   for (int mode = 0; mode < 2; ++mode) {  // 0: f32 params; 1: bf16 params + f32 master
     DType pdt = mode ? DType::BF16 : DType::F32;
@@ -901,8 +902,12 @@ int main(int argc, char** argv) {
   int errors = 0;
   for (auto& r : b.results)
     if (r.contains("error")) ++errors;
-  std::printf("\nbench_kernels: %zu cases, %d errors, %.0f s; ceilings: copy %.0f GB/s, cuBLASLt bf16 %.1f TFLOP/s\n",
-              b.results.size(), errors, secs, b.timer.copy_gbps, b.cublaslt_tflops);
+  if (b.emulated)
+    std::printf("\nbench_kernels: %zu cases, %d errors, %.0f s on the emulated device (traffic counts, not timings)\n",
+                b.results.size(), errors, secs);
+  else
+    std::printf("\nbench_kernels: %zu cases, %d errors, %.0f s; ceilings: copy %.0f GB/s, cuBLASLt bf16 %.1f TFLOP/s\n",
+                b.results.size(), errors, secs, b.timer.copy_gbps, b.cublaslt_tflops);
   if (!json_path.empty()) {
     std::ofstream f(json_path);
     f << out.dump(2) << "\n";
