@@ -687,9 +687,26 @@ std::string where() {
 
 void fault(const std::string& what, cudaError_t code) { throw CodedFault(where() + ": " + what, code); }
 
+// BARBELL_EMU_REPORT=FILE: at exit, one line per kernel (launch site) that ran, with its
+// launches, blocks and threads (which tests executed which kernels, at which sizes).
+void write_report() {
+  const char* path = std::getenv("BARBELL_EMU_REPORT");
+  if (!path || !*path) return;
+  FILE* f = std::fopen(path, "a");
+  if (!f) return;
+  for (const auto& [name, k] : kernel_stats())
+    std::fprintf(f, "%s\t%llu launches\t%llu blocks\t%llu threads\n", name.c_str(),
+                 static_cast<unsigned long long>(k.launches), static_cast<unsigned long long>(k.blocks),
+                 static_cast<unsigned long long>(k.threads));
+  std::fclose(f);
+}
+
 std::map<std::string, KernelStats>& kernel_stats() {
-  static std::map<std::string, KernelStats> m;
-  return m;
+  static auto* m = [] {
+    std::atexit(write_report);
+    return new std::map<std::string, KernelStats>();  // never destroyed: read at exit
+  }();
+  return *m;
 }
 
 void run_launch(LaunchCtx& L, Order order) {
