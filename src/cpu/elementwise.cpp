@@ -47,11 +47,17 @@ inline float vec_expf(float x) {
   x = x > 88.0f ? 88.0f : x;  // selects, not std::min/max: they vectorise
   x = x < -87.0f ? -87.0f : x;
   float t = x * 1.4426950408889634f;  // x / ln 2
-  // Round to nearest by the 1.5 * 2^23 trick: SSE2 has no floor instruction.
-  float k = (t + 12582912.0f) - 12582912.0f;
+  // Round to nearest by the 1.5 * 2^23 trick: SSE2 has no floor instruction. The sum's
+  // low mantissa bits then hold k itself, which gives 2^k by integer arithmetic with no
+  // float-to-int conversion (undefined for the NaN that passes the clamps above; a NaN
+  // still comes out, through p).
+  const float kr = t + 12582912.0f;
+  const float k = kr - 12582912.0f;
   float f = (t - k) * 0.6931471805599453f;  // in [-ln2/2, ln2/2]
   float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
-  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  uint32_t kbits;
+  std::memcpy(&kbits, &kr, 4);
+  const uint32_t bits = (kbits - 0x4B400000u + 127u) << 23;  // (k + 127) << 23, k in [-126, 127]
   float scale;
   std::memcpy(&scale, &bits, 4);
   return p * scale;

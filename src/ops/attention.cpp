@@ -155,7 +155,8 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
                      Tensor dv = bthd(B, H, Tk, D, q.options());
                      fused_backward(flash, dq, dk, dv, go, q, k, v, od, lse, causal, s);
                      return {dq, dk, dv};
-                   });
+                   },
+                   {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&od, "result"}});
   return r;
 }
 

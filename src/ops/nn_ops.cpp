@@ -55,7 +55,7 @@ Tensor embedding(const Tensor& ids_in, const Tensor& weight) {
     if (ids.is_cpu()) cpu::embedding_backward(dw, gc, ids);
     else BB_GPU("embedding", ids, gpu::embedding_backward(dw, gc, ids));
     return {dw};
-  });
+  }, {{&ids, "ids"}});
   return out;
 }
 
@@ -85,7 +85,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t 
         Tensor d = empty(logits.shape(), logits.options());
         gpu::cross_entropy_backward(d, logits, targets, lse, g.contiguous(), count, rows, V, ignore_index);
         return {d};
-      });
+      }, {{&logits, "input 0"}, {&targets, "targets"}});
       return loss;
     });
   }
@@ -95,7 +95,7 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t 
     double scale = count > 0 ? g.item<double>() / double(count) : 0.0;
     cpu::cross_entropy_backward(d, logits, targets, rows, V, ignore_index, scale);
     return {d};
-  });
+  }, {{&logits, "input 0"}, {&targets, "targets"}});
   return loss;
 }
 

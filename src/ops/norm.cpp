@@ -40,7 +40,7 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, double e
     if (x.is_cpu()) cpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n);
     else BB_GPU("layer_norm", x, gpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n));
     return {dx, dw, db};
-  });
+  }, {{&x, "input 0"}, {&wc, "weight"}});
   return y;
 }
 
@@ -66,7 +66,7 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& w, double eps) {
     if (x.is_cpu()) cpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n);
     else BB_GPU("rms_norm", x, gpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n));
     return {dx, dw};
-  });
+  }, {{&x, "input 0"}, {&wc, "weight"}});
   return y;
 }
 
