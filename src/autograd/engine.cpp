@@ -37,9 +37,9 @@ void Node::check_saved() const {
     const uint64_t now = s.tensor.version();
     if (now == s.version) continue;
     throw ValueError(fmt::format(
-        "backward: one of the tensors needed for gradient computation has been modified by an in-place operation: "
-        "{} of {} ({} {}) is at version {}; it was saved for backward at version {}. Change it after backward(), "
-        "or change a clone() of it",
+        "backward: one of the tensors needed for gradient computation has been modified by an "
+        "in-place operation: {} of {} ({} {}) is at version {}; it was saved for backward at version "
+        "{}. Change it after backward(), or change a clone() of it",
         s.what, name(), dtype_name(s.tensor.dtype()), shape_str(s.tensor.shape()), now, s.version));
   }
 }
@@ -133,14 +133,16 @@ void Context::save(const Tensor& t) {
 }
 
 const Tensor& Context::saved(size_t i) const {
-  BB_CHECK(i < saved_.size(), IndexError, "{}: Context::saved: index {} but {} tensors were saved", function_name, i,
-           saved_.size());
+  BB_CHECK(i < saved_.size(), IndexError, "{}: Context::saved: index {} but {} tensors were saved",
+           function_name, i, saved_.size());
   const Saved& s = saved_[i];
   if (s.tensor.defined() && s.tensor.version() != s.version) {
     throw ValueError(fmt::format(
-        "backward: one of the tensors needed for gradient computation has been modified by an in-place operation: "
-        "saved tensor {} of custom Function {} ({} {}) is at version {}, but it was saved at version {}",
-        i, function_name, dtype_name(s.tensor.dtype()), shape_str(s.tensor.shape()), s.tensor.version(), s.version));
+        "backward: one of the tensors needed for gradient computation has been modified by an "
+        "in-place operation: saved tensor {} of custom Function {} ({} {}) is at version {}; it was "
+        "saved at version {}",
+        i, function_name, dtype_name(s.tensor.dtype()), shape_str(s.tensor.shape()), s.tensor.version(),
+        s.version));
   }
   return s.tensor;
 }
@@ -159,18 +161,21 @@ std::vector<InputMeta> input_meta(const std::vector<Tensor>& inputs) {
   std::vector<InputMeta> m;
   m.reserve(inputs.size());
   for (const Tensor& t : inputs) {
-    if (t.defined()) m.push_back({t.shape(), t.dtype(), t.device(), t.requires_grad()});
-    else m.push_back({{}, DType::F32, Device::cpu(), false});
+    if (t.defined())
+      m.push_back({t.shape(), t.dtype(), t.device(), t.requires_grad()});
+    else
+      m.push_back({{}, DType::F32, Device::cpu(), false});
   }
   return m;
 }
 
 std::vector<Tensor> check_function_grads(const std::string& name, const std::vector<InputMeta>& inputs,
                                          std::vector<Tensor> grads) {
-  BB_CHECK(grads.size() == inputs.size(), ValueError,
-           "custom Function {}: backward returned {} gradients for {} inputs (return one per input, an undefined "
-           "Tensor() where an input needs none)",
-           name, grads.size(), inputs.size());
+  BB_CHECK(
+      grads.size() == inputs.size(), ValueError,
+      "custom Function {}: backward returned {} gradients for {} inputs (return one per input, an undefined "
+      "Tensor() where an input needs none)",
+      name, grads.size(), inputs.size());
   for (size_t i = 0; i < grads.size(); ++i) {
     Tensor& g = grads[i];
     const InputMeta& in = inputs[i];
@@ -189,11 +194,10 @@ std::vector<Tensor> check_function_grads(const std::string& name, const std::vec
       bool expandable = false;
       try {
         expandable = broadcast_shapes(in.shape, g.shape(), "custom Function") == g.shape();
-      } catch (const ShapeError&) {
-      }
+      } catch (const ShapeError&) {}
       BB_CHECK(expandable, ShapeError,
-               "custom Function {}: backward returned a gradient of shape {} for input {} of shape {} (expected that "
-               "shape, or one it broadcasts to)",
+               "custom Function {}: backward returned a gradient of shape {} for input {} of shape "
+               "{} (expected that shape, or one it broadcasts to)",
                name, shape_str(g.shape()), i, shape_str(in.shape));
       g = sum_to(g, in.shape);
     }

@@ -15,12 +15,13 @@ void check_shape(const char* op, const Shape& shape, DType dtype) {
   int64_t n = 1;
   for (int64_t d : shape) {
     BB_CHECK(d >= 0, ShapeError, "{}: negative size in shape {}", op, shape_str(shape));
-    BB_CHECK(!__builtin_mul_overflow(n, d, &n), ShapeError, "{}: shape {} has more elements than int64 can count",
-             op, shape_str(shape));
+    BB_CHECK(!__builtin_mul_overflow(n, d, &n), ShapeError,
+             "{}: shape {} has more elements than int64 can count", op, shape_str(shape));
   }
   size_t bytes = 0;
   BB_CHECK(!__builtin_mul_overflow(static_cast<size_t>(n), dtype_size(dtype), &bytes), ShapeError,
-           "{}: shape {} of {} needs more bytes than size_t can count", op, shape_str(shape), dtype_name(dtype));
+           "{}: shape {} of {} needs more bytes than size_t can count", op, shape_str(shape),
+           dtype_name(dtype));
 }
 
 Tensor empty_for(const char* op, const Shape& shape, TensorOptions opts) {
@@ -30,8 +31,8 @@ Tensor empty_for(const char* op, const Shape& shape, TensorOptions opts) {
   try {
     im->storage = Storage::allocate(bytes, opts.device, op);
   } catch (const DeviceError& e) {  // the CUDA allocator's own message, with the op and the tensor in front
-    throw DeviceError(fmt::format("{}: a {} tensor of shape {}: {}", op, dtype_name(opts.dtype), shape_str(shape),
-                                  e.what()));
+    throw DeviceError(fmt::format("{}: a {} tensor of shape {}: {}", op, dtype_name(opts.dtype),
+                                  shape_str(shape), e.what()));
   }
   im->shape = shape;
   im->strides = contiguous_strides(shape);
@@ -69,18 +70,20 @@ void check_scalar_for(const char* op, const Scalar& value, DType dtype) {
   if (is_floating(dtype)) {
     const double v = value.to_double();
     BB_CHECK(!std::isfinite(v) || std::abs(v) <= max_finite(dtype), ValueError,
-             "{}: the value {} overflows {} (its largest finite value is {})", op, value.str(), dtype_name(dtype),
-             max_finite(dtype));
+             "{}: the value {} overflows {} (its largest finite value is {})", op, value.str(),
+             dtype_name(dtype), max_finite(dtype));
     return;
   }
   if (value.is_floating()) {
-    BB_CHECK(fits_int(value.to_double(), dtype), ValueError,
-             "{}: the value {} cannot be converted to {}: NaN, infinities and values outside {} have no {} value", op,
-             value.str(), dtype_name(dtype), int_range(dtype), dtype_name(dtype));
+    BB_CHECK(
+        fits_int(value.to_double(), dtype), ValueError,
+        "{}: the value {} cannot be converted to {}: NaN, infinities and values outside {} have no {} value",
+        op, value.str(), dtype_name(dtype), int_range(dtype), dtype_name(dtype));
     return;
   }
   const int64_t v = value.to_int64();
-  BB_CHECK(dtype != DType::I32 || (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()),
+  BB_CHECK(dtype != DType::I32 ||
+               (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()),
            ValueError, "{}: the value {} does not fit in i32 (range {})", op, v, int_range(DType::I32));
 }
 
@@ -96,11 +99,12 @@ void check_float_to_int(const char* op, const Tensor& src, DType dst) {
   // Something is NaN, infinite or large: find it (a value of exactly -2^31 or -2^63 is fine).
   const std::vector<double> v = src.to_vector<double>();
   for (size_t i = 0; i < v.size(); ++i) {
-    BB_CHECK(fits_int(v[i], dst), ValueError,
-             "{}: cannot convert the {} value {} (element {} of a tensor of shape {}) to {}: NaN, infinities and "
-             "values outside {} have no {} value",
-             op, dtype_name(src.dtype()), v[i], i, shape_str(src.shape()), dtype_name(dst), int_range(dst),
-             dtype_name(dst));
+    BB_CHECK(
+        fits_int(v[i], dst), ValueError,
+        "{}: cannot convert the {} value {} (element {} of a tensor of shape {}) to {}: NaN, infinities and "
+        "values outside {} have no {} value",
+        op, dtype_name(src.dtype()), v[i], i, shape_str(src.shape()), dtype_name(dst), int_range(dst),
+        dtype_name(dst));
   }
 }
 
@@ -161,10 +165,11 @@ void check_writable(const char* op, const Tensor& out) {
   std::sort(dims, dims + n);
   int64_t span = 1;  // elements covered by the dims so far
   for (size_t k = 0; k < n; ++k) {
-    BB_CHECK(dims[k].first >= span, ValueError,
-             "{}: unsupported operation: more than one element of the written-to tensor (shape {}, strides {}) "
-             "refers to a single memory location (an expanded view?); clone() it before writing into it",
-             op, shape_str(sh), shape_str(st));
+    BB_CHECK(
+        dims[k].first >= span, ValueError,
+        "{}: unsupported operation: more than one element of the written-to tensor (shape {}, strides {}) "
+        "refers to a single memory location (an expanded view?); clone() it before writing into it",
+        op, shape_str(sh), shape_str(st));
     if (__builtin_mul_overflow(dims[k].first, dims[k].second, &span)) return;
   }
 }

@@ -83,8 +83,8 @@ Tensor finish(Tensor t, const TensorOptions& opts) {
 }  // namespace
 
 Tensor rand(const Shape& shape, TensorOptions opts, Generator* gen) {
-  BB_CHECK(is_floating(opts.dtype), DTypeError, "rand: uniform values in [0, 1) need a floating dtype, got {}",
-           dtype_name(opts.dtype));
+  BB_CHECK(is_floating(opts.dtype), DTypeError,
+           "rand: uniform values in [0, 1) need a floating dtype, got {}", dtype_name(opts.dtype));
   Tensor buf = host_buffer("rand", shape, DType::F64, opts);
   Generator& g = gen ? *gen : default_generator();
   // The largest value below 1 in the target dtype: a uniform closer to 1 than that
@@ -118,7 +118,8 @@ Tensor randn(const Shape& shape, TensorOptions opts, Generator* gen) {
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts, Generator* gen) {
   BB_CHECK(high > low, ValueError, "randint: empty range [{}, {})", low, high);
-  BB_CHECK(opts.dtype != DType::Bool, DTypeError, "randint: not defined for bool (range [{}, {}))", low, high);
+  BB_CHECK(opts.dtype != DType::Bool, DTypeError, "randint: not defined for bool (range [{}, {}))", low,
+           high);
   if (opts.dtype == DType::I32)
     BB_CHECK(low >= std::numeric_limits<int32_t>::min() && high - 1 <= std::numeric_limits<int32_t>::max(),
              ValueError, "randint: range [{}, {}) does not fit in i32", low, high);

@@ -105,8 +105,8 @@ double Tensor::item_double() const {
 }
 
 int64_t Tensor::item_int64() const {
-  BB_CHECK(numel() == 1, ShapeError, "item: tensor of shape {} has {} elements, expected 1", shape_str(shape()),
-           numel());
+  BB_CHECK(numel() == 1, ShapeError, "item: tensor of shape {} has {} elements, expected 1",
+           shape_str(shape()), numel());
   if (!is_floating(dtype())) return to_vector<int64_t>()[0];  // exact: integers never pass through double
   const double v = item_double();
   BB_CHECK(v >= -9223372036854775808.0 && v < 9223372036854775808.0, ValueError,
@@ -284,8 +284,8 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   int64_t a = wrap_dim(d, dim(), "narrow");
   // length <= size - start rather than start + length <= size: the sum may overflow.
   BB_CHECK(start >= 0 && length >= 0 && start <= shape()[a] && length <= shape()[a] - start, IndexError,
-           "narrow: start {} and length {} out of bounds for dim {} of a tensor of shape {}", start, length, a,
-           shape_str(shape()));
+           "narrow: start {} and length {} out of bounds for dim {} of a tensor of shape {}", start, length,
+           a, shape_str(shape()));
   Shape s = shape();
   s[a] = length;
   Tensor out = make_view(*this, s, strides(), offset() + start * strides()[a]);
@@ -352,16 +352,16 @@ Tensor Tensor::expand(const Shape& shape_in) const {
   Shape s(shape_in.size()), st(shape_in.size());
   for (size_t i = 0; i < shape_in.size(); ++i) {
     if (i < lead) {
-      BB_CHECK(shape_in[i] >= 0, ShapeError, "expand: negative size {} for the new leading dim {} in {}", shape_in[i],
-               i, shape_str(shape_in));
+      BB_CHECK(shape_in[i] >= 0, ShapeError, "expand: negative size {} for the new leading dim {} in {}",
+               shape_in[i], i, shape_str(shape_in));
       s[i] = shape_in[i];
       st[i] = 0;
       continue;
     }
     int64_t cur = shape()[i - lead];
     int64_t want = shape_in[i] == -1 ? cur : shape_in[i];
-    BB_CHECK(want >= 0, ShapeError, "expand: negative size {} in {} (only -1, keep the size, is allowed)", shape_in[i],
-             shape_str(shape_in));
+    BB_CHECK(want >= 0, ShapeError, "expand: negative size {} in {} (only -1, keep the size, is allowed)",
+             shape_in[i], shape_str(shape_in));
     BB_CHECK(cur == want || cur == 1, ShapeError, "expand: cannot expand {} to {}", shape_str(shape()),
              shape_str(shape_in));
     s[i] = want;
@@ -467,14 +467,18 @@ void fill_exact(const Tensor& t, const Scalar& value, const char* op) {
     const int64_t v = value.to_int64();
     if (v > (int64_t{1} << 53) || v < -(int64_t{1} << 53)) {
       Tensor src = from_vector<int64_t>({v}, {});
-      if (t.is_cpu()) cpu::copy(t, src);
-      else BB_GPU(op, t, gpu::copy(t, src.to(t.device())));
+      if (t.is_cpu())
+        cpu::copy(t, src);
+      else
+        BB_GPU(op, t, gpu::copy(t, src.to(t.device())));
       return;
     }
   }
   const double d = value.to_double();
-  if (t.is_cpu()) cpu::fill(t, d);
-  else BB_GPU(op, t, gpu::fill(t, d));
+  if (t.is_cpu())
+    cpu::fill(t, d);
+  else
+    BB_GPU(op, t, gpu::fill(t, d));
 }
 }  // namespace
 
@@ -495,13 +499,15 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
            shape_str(shape()), device().str(), shape_str(other.shape()), other.device().str());
   BB_CHECK(broadcast_shapes(shape(), other.shape(), "add_") == shape(), ShapeError,
            "add_: other of shape {} does not broadcast to {}", shape_str(other.shape()), shape_str(shape()));
-  BB_CHECK(is_floating(dtype()) || (alpha == std::trunc(alpha) && std::abs(alpha) < 9223372036854775808.0), DTypeError,
-           "add_: alpha {} is not an integer, so the result cannot be stored in the {} tensor {}", alpha,
-           dtype_name(dtype()), shape_str(shape()));
+  BB_CHECK(is_floating(dtype()) || (alpha == std::trunc(alpha) && std::abs(alpha) < 9223372036854775808.0),
+           DTypeError, "add_: alpha {} is not an integer, so the result cannot be stored in the {} tensor {}",
+           alpha, dtype_name(dtype()), shape_str(shape()));
   detail::check_writable("add_", *this);
   Tensor o = detail::unalias(*this, other);
-  if (is_cpu()) cpu::binary(cpu::BinaryOp::Add, *this, *this, o, alpha);
-  else BB_GPU("add_", *this, gpu::binary(cpu::BinaryOp::Add, *this, *this, o, alpha));
+  if (is_cpu())
+    cpu::binary(cpu::BinaryOp::Add, *this, *this, o, alpha);
+  else
+    BB_GPU("add_", *this, gpu::binary(cpu::BinaryOp::Add, *this, *this, o, alpha));
   bump_version();
   return *this;
 }
@@ -510,18 +516,23 @@ Tensor& Tensor::mul_(Scalar value) {
   check_inplace(*this, "mul_");
   detail::check_writable("mul_", *this);
   if (is_floating(dtype())) {
-    if (is_cpu()) cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value.to_double());
-    else BB_GPU("mul_", *this, gpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value.to_double()));
+    if (is_cpu())
+      cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value.to_double());
+    else
+      BB_GPU("mul_", *this, gpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value.to_double()));
   } else {
-    BB_CHECK(!value.is_floating() && dtype() != DType::Bool, DTypeError,
-             "mul_: the product of the {} tensor {} and the scalar {} is {}, which cannot be stored in place (use "
-             "mul() or to() first)",
-             dtype_name(dtype()), shape_str(shape()), value.str(),
-             dtype_name(detail::promote_scalar(*this, value)));
+    BB_CHECK(
+        !value.is_floating() && dtype() != DType::Bool, DTypeError,
+        "mul_: the product of the {} tensor {} and the scalar {} is {}, which cannot be stored in place (use "
+        "mul() or to() first)",
+        dtype_name(dtype()), shape_str(shape()), value.str(),
+        dtype_name(detail::promote_scalar(*this, value)));
     // Exact integer arithmetic: the binary kernel computes integers in int64.
     Tensor s = scalar_tensor(value, {dtype(), device()});
-    if (is_cpu()) cpu::binary(cpu::BinaryOp::Mul, *this, *this, s, 1.0);
-    else BB_GPU("mul_", *this, gpu::binary(cpu::BinaryOp::Mul, *this, *this, s, 1.0));
+    if (is_cpu())
+      cpu::binary(cpu::BinaryOp::Mul, *this, *this, s, 1.0);
+    else
+      BB_GPU("mul_", *this, gpu::binary(cpu::BinaryOp::Mul, *this, *this, s, 1.0));
   }
   bump_version();
   return *this;
@@ -648,12 +659,15 @@ void arange_fill(const Tensor& t, V start, V step) {
     if constexpr (std::is_integral_v<V>) {
       // In uint64, which wraps instead of overflowing: each true value is in range, the
       // partial product i * step need not be.
-      const uint64_t v = static_cast<uint64_t>(start) + static_cast<uint64_t>(i) * static_cast<uint64_t>(step);
+      const uint64_t v =
+          static_cast<uint64_t>(start) + static_cast<uint64_t>(i) * static_cast<uint64_t>(step);
       p[i] = static_cast<T>(static_cast<int64_t>(v));
     } else {
       const double v = start + static_cast<double>(i) * step;
-      if constexpr (std::is_same_v<T, double>) p[i] = v;
-      else p[i] = T(static_cast<float>(v));
+      if constexpr (std::is_same_v<T, double>)
+        p[i] = v;
+      else
+        p[i] = T(static_cast<float>(v));
     }
   }
 }
@@ -662,8 +676,8 @@ void arange_fill(const Tensor& t, V start, V step) {
 Tensor arange(Scalar start, Scalar end, Scalar step, TensorOptions opts) {
   const char* op = "arange";
   const DType dt = opts.dtype;
-  BB_CHECK(dt != DType::Bool, DTypeError, "arange: not defined for bool (start={} end={} step={})", start.str(),
-           end.str(), step.str());
+  BB_CHECK(dt != DType::Bool, DTypeError, "arange: not defined for bool (start={} end={} step={})",
+           start.str(), end.str(), step.str());
   const bool exact = !start.is_floating() && !end.is_floating() && !step.is_floating();
   int64_t n = 0;
   if (exact) {
@@ -674,8 +688,8 @@ Tensor arange(Scalar start, Scalar end, Scalar step, TensorOptions opts) {
              "arange: the step {} goes away from end {} (start {})", step.str(), end.str(), start.str());
     const __int128 count = s > 0 ? (b - a + s - 1) / s : (a - b + (-s) - 1) / (-s);
     BB_CHECK(count <= std::numeric_limits<int64_t>::max(), ValueError,
-             "arange: start={} end={} step={} gives more elements than int64 can count", start.str(), end.str(),
-             step.str());
+             "arange: start={} end={} step={} gives more elements than int64 can count", start.str(),
+             end.str(), step.str());
     n = static_cast<int64_t>(count);
   } else {
     const double a = start.to_double(), b = end.to_double(), s = step.to_double();
@@ -684,14 +698,14 @@ Tensor arange(Scalar start, Scalar end, Scalar step, TensorOptions opts) {
     BB_CHECK(s != 0 && (b - a) / s >= 0, ValueError, "arange: bad range start={} end={} step={}", start.str(),
              end.str(), step.str());
     BB_CHECK(!is_integral(dt), DTypeError,
-             "arange: start={} end={} step={} are not all integers, but the dtype is {} (pass a floating dtype, or "
-             "integer arguments)",
+             "arange: start={} end={} step={} are not all integers, but the dtype is {} (pass a "
+             "floating dtype, or integer arguments)",
              start.str(), end.str(), step.str(), dtype_name(dt));
     const double count = std::ceil((b - a) / s);
     // Compared before the cast: a count past int64 is undefined behaviour to convert.
     BB_CHECK(count < 9223372036854775808.0, ValueError,
-             "arange: start={} end={} step={} gives {} elements, more than int64 can count", start.str(), end.str(),
-             step.str(), count);
+             "arange: start={} end={} step={} gives {} elements, more than int64 can count", start.str(),
+             end.str(), step.str(), count);
     n = static_cast<int64_t>(count);
   }
   // Computed on the host in the target dtype, then moved.
@@ -702,9 +716,10 @@ Tensor arange(Scalar start, Scalar end, Scalar step, TensorOptions opts) {
       // The first and the last values are the extremes; both must fit.
       const __int128 last = static_cast<__int128>(a) + static_cast<__int128>(n > 0 ? n - 1 : 0) * s;
       for (__int128 v : {static_cast<__int128>(a), last})
-        BB_CHECK(n == 0 || (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()),
-                 ValueError, "arange: start={} end={} step={} has values outside i32", start.str(), end.str(),
-                 step.str());
+        BB_CHECK(
+            n == 0 || (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()),
+            ValueError, "arange: start={} end={} step={} has values outside i32", start.str(), end.str(),
+            step.str());
       arange_fill<int32_t>(t, a, s);
     } else {
       arange_fill<int64_t>(t, a, s);
@@ -736,7 +751,8 @@ Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptio
            "from_vector: {} values for shape {} ({} elements)", values.size(), shape_str(shape), shape_numel(shape));
   if constexpr (std::is_floating_point_v<T> || std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
     if (opts.dtype == DType::I32 || opts.dtype == DType::I64) {
-      for (size_t i = 0; i < values.size(); ++i) detail::check_scalar_for("from_vector", values[i], opts.dtype);
+      for (size_t i = 0; i < values.size(); ++i)
+        detail::check_scalar_for("from_vector", values[i], opts.dtype);
     }
   }
   // Wrap the host data without a copy, then convert (copy) into the requested tensor.
@@ -761,8 +777,8 @@ Tensor from_vector<bool>(const std::vector<bool>& values, const Shape& shape, Te
 
 Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device) {
   detail::check_shape("from_blob", shape, dtype);
-  BB_CHECK(data != nullptr || shape_numel(shape) == 0, ValueError, "from_blob: null data for a tensor of shape {}",
-           shape_str(shape));
+  BB_CHECK(data != nullptr || shape_numel(shape) == 0, ValueError,
+           "from_blob: null data for a tensor of shape {}", shape_str(shape));
   auto im = std::make_shared<TensorImpl>();
   im->storage = std::make_shared<Storage>(data, static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device,
                                           nullptr);

@@ -145,18 +145,19 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
   fused_forward(flash, o, lse, q, k, v, causal, s);
   AttentionOutput r{o, lse};
   Tensor od = o.detach();
-  autograd::record(flash ? "scaled_dot_product_attention (flash)" : "scaled_dot_product_attention (cudnn)", r.out,
-                   {q_in, k_in, v_in},
-                   [q, k, v, od, lse, causal, s, flash, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
-                     Tensor go = g.dtype() == q.dtype() ? g : g.to(q.dtype());
-                     go = fused_layout(go);
-                     Tensor dq = bthd(B, H, Tq, D, q.options());
-                     Tensor dk = bthd(B, H, Tk, D, q.options());
-                     Tensor dv = bthd(B, H, Tk, D, q.options());
-                     fused_backward(flash, dq, dk, dv, go, q, k, v, od, lse, causal, s);
-                     return {dq, dk, dv};
-                   },
-                   {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&od, "result"}});
+  autograd::record(
+      flash ? "scaled_dot_product_attention (flash)" : "scaled_dot_product_attention (cudnn)", r.out,
+      {q_in, k_in, v_in},
+      [q, k, v, od, lse, causal, s, flash, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
+        Tensor go = g.dtype() == q.dtype() ? g : g.to(q.dtype());
+        go = fused_layout(go);
+        Tensor dq = bthd(B, H, Tq, D, q.options());
+        Tensor dk = bthd(B, H, Tk, D, q.options());
+        Tensor dv = bthd(B, H, Tk, D, q.options());
+        fused_backward(flash, dq, dk, dv, go, q, k, v, od, lse, causal, s);
+        return {dq, dk, dv};
+      },
+      {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&od, "result"}});
   return r;
 }
 

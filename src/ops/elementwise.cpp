@@ -39,9 +39,11 @@ Tensor unary_forward(cpu::UnaryOp op, const char* name, const Tensor& x, double 
 
 // Integer (and bool) operands of a scalar op: the scalar becomes a 0-d tensor of the
 // result dtype and the binary kernel computes in int64, exactly.
-Tensor int_scalar_op(cpu::BinaryOp op, const char* name, const Tensor& a, const Scalar& s, DType rt, bool reversed) {
-  BB_CHECK(rt != DType::Bool, DTypeError, "{}: a bool tensor {} with the bool scalar {}: convert one with to()", name,
-           shape_str(a.shape()), s.str());
+Tensor int_scalar_op(cpu::BinaryOp op, const char* name, const Tensor& a, const Scalar& s, DType rt,
+                     bool reversed) {
+  BB_CHECK(rt != DType::Bool, DTypeError,
+           "{}: a bool tensor {} with the bool scalar {}: convert one with to()", name, shape_str(a.shape()),
+           s.str());
   detail::check_scalar_for(name, s, rt);
   Tensor x = a.dtype() == rt ? a : a.to(rt);
   Tensor st = scalar_tensor(s, {rt, a.device()});
@@ -55,12 +57,15 @@ Tensor int_pow(const char* name, const Tensor& a, const Tensor& b) {
   Shape s = broadcast_shapes(a.shape(), b.shape(), name);
   const DType dt = a.dtype();
   std::vector<int64_t> va = a.expand(s).to_vector<int64_t>(), vb = b.expand(s).to_vector<int64_t>();
-  const int64_t lo = dt == DType::I32 ? std::numeric_limits<int32_t>::min() : std::numeric_limits<int64_t>::min();
-  const int64_t hi = dt == DType::I32 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
+  const int64_t lo =
+      dt == DType::I32 ? std::numeric_limits<int32_t>::min() : std::numeric_limits<int64_t>::min();
+  const int64_t hi =
+      dt == DType::I32 ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
   for (size_t i = 0; i < va.size(); ++i) {
     const int64_t base = va[i];
-    BB_CHECK(vb[i] >= 0, ValueError, "{}: integers to negative integer powers are not allowed ({}^{} at element {})",
-             name, base, vb[i], i);
+    BB_CHECK(vb[i] >= 0, ValueError,
+             "{}: integers to negative integer powers are not allowed ({}^{} at element {})", name, base,
+             vb[i], i);
     auto e = static_cast<uint64_t>(vb[i]);
     int64_t r = 1, p = base;
     bool overflow = false;
@@ -70,8 +75,8 @@ Tensor int_pow(const char* name, const Tensor& a, const Tensor& b) {
       // A further square is needed only for a further bit, which would use it.
       if (e && !overflow) overflow = __builtin_mul_overflow(p, p, &p);
     }
-    BB_CHECK(!overflow && r >= lo && r <= hi, ValueError, "{}: {}^{} (element {}) overflows {}", name, base, vb[i], i,
-             dtype_name(dt));
+    BB_CHECK(!overflow && r >= lo && r <= hi, ValueError, "{}: {}^{} (element {}) overflows {}", name, base,
+             vb[i], i, dtype_name(dt));
     va[i] = r;
   }
   return from_vector(va, s, {dt, a.device()});
@@ -111,12 +116,12 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(cpu::BinaryOp::Mul, "mul", a, b, 1.0);
   bool ga = a.requires_grad(), gb = b.requires_grad();
   Tensor ad = ga || gb ? a.detach() : Tensor(), bd = ga || gb ? b.detach() : Tensor();
-  autograd::record(
-      "mul", out, {a, b},
-      [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
-        return {ga ? sum_to(mul(g, bd), ad.shape()) : Tensor(), gb ? sum_to(mul(g, ad), bd.shape()) : Tensor()};
-      },
-      {{&ad, "input 0"}, {&bd, "input 1"}});
+  autograd::record("mul", out, {a, b},
+                   [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
+                     return {ga ? sum_to(mul(g, bd), ad.shape()) : Tensor(),
+                             gb ? sum_to(mul(g, ad), bd.shape()) : Tensor()};
+                   },
+                   {{&ad, "input 0"}, {&bd, "input 1"}});
   return out;
 }
 
@@ -129,14 +134,13 @@ Tensor div(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(cpu::BinaryOp::Div, "div", a, b, 1.0);
   bool ga = a.requires_grad(), gb = b.requires_grad();
   Tensor ad = a.detach(), bd = b.detach();
-  autograd::record(
-      "div", out, {a, b},
-      [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
-        Tensor gdb = div(g, bd);
-        return {ga ? sum_to(gdb, ad.shape()) : Tensor(),
-                gb ? sum_to(neg(mul(gdb, div(ad, bd))), bd.shape()) : Tensor()};
-      },
-      {{&ad, "input 0"}, {&bd, "input 1"}});
+  autograd::record("div", out, {a, b},
+                   [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor gdb = div(g, bd);
+                     return {ga ? sum_to(gdb, ad.shape()) : Tensor(),
+                             gb ? sum_to(neg(mul(gdb, div(ad, bd))), bd.shape()) : Tensor()};
+                   },
+                   {{&ad, "input 0"}, {&bd, "input 1"}});
   return out;
 }
 
@@ -150,15 +154,14 @@ Tensor pow(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(cpu::BinaryOp::Pow, "pow", a, b, 1.0);
   bool ga = a.requires_grad(), gb = b.requires_grad();
   Tensor ad = a.detach(), bd = b.detach(), od = out.detach();
-  autograd::record(
-      "pow", out, {a, b},
-      [ad, bd, od, ga, gb](const Tensor& g) -> std::vector<Tensor> {
-        Tensor da, db;
-        if (ga) da = sum_to(mul(g, mul(bd, pow(ad, add(bd, -1.0)))), ad.shape());
-        if (gb) db = sum_to(mul(g, mul(od, log(ad))), bd.shape());
-        return {da, db};
-      },
-      {{&ad, "input 0"}, {&bd, "input 1"}, {&od, "result"}});
+  autograd::record("pow", out, {a, b},
+                   [ad, bd, od, ga, gb](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor da, db;
+                     if (ga) da = sum_to(mul(g, mul(bd, pow(ad, add(bd, -1.0)))), ad.shape());
+                     if (gb) db = sum_to(mul(g, mul(od, log(ad))), bd.shape());
+                     return {da, db};
+                   },
+                   {{&ad, "input 0"}, {&bd, "input 1"}, {&od, "result"}});
   return out;
 }
 
@@ -179,13 +182,12 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   else BB_GPU("where", a, gpu::where(out, cond, a, b));
   Tensor cd = cond.detach();
   Shape sa = a.shape(), sb = b.shape();
-  autograd::record(
-      "where", out, {a, b},
-      [cd, sa, sb](const Tensor& g) -> std::vector<Tensor> {
-        Tensor z = zeros({}, g.options());
-        return {sum_to(where(cd, g, z), sa), sum_to(where(cd, z, g), sb)};
-      },
-      {{&cd, "condition"}});
+  autograd::record("where", out, {a, b},
+                   [cd, sa, sb](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor z = zeros({}, g.options());
+                     return {sum_to(where(cd, g, z), sa), sum_to(where(cd, z, g), sb)};
+                   },
+                   {{&cd, "condition"}});
   return out;
 }
 
@@ -217,7 +219,8 @@ Tensor mul(const Tensor& a, Scalar b) {
   if (!is_floating(a.dtype())) return mul(a.to(rt), b);
   const double v = b.to_double();
   Tensor out = unary_forward(cpu::UnaryOp::MulScalar, "mul", a, v);
-  autograd::record("mul_scalar", out, {a}, [v](const Tensor& g) -> std::vector<Tensor> { return {mul(g, v)}; });
+  autograd::record("mul_scalar", out, {a},
+                   [v](const Tensor& g) -> std::vector<Tensor> { return {mul(g, v)}; });
   return out;
 }
 
@@ -225,8 +228,8 @@ Tensor pow(const Tensor& a, Scalar exponent) {
   detail::check_defined("pow", {&a});
   const DType rt = detail::promote_scalar(a, exponent);
   if (!is_floating(rt)) {
-    BB_CHECK(rt != DType::Bool, DTypeError, "pow: a bool tensor {} with the bool exponent {}", shape_str(a.shape()),
-             exponent.str());
+    BB_CHECK(rt != DType::Bool, DTypeError, "pow: a bool tensor {} with the bool exponent {}",
+             shape_str(a.shape()), exponent.str());
     Tensor x = a.dtype() == rt ? a : a.to(rt);
     return int_pow("pow", x, scalar_tensor(exponent, {rt, a.device()}));
   }
@@ -234,13 +237,12 @@ Tensor pow(const Tensor& a, Scalar exponent) {
   const double e = exponent.to_double();
   Tensor out = unary_forward(cpu::UnaryOp::PowScalar, "pow", a, e);
   Tensor ad = a.detach();
-  autograd::record(
-      "pow_scalar", out, {a},
-      [ad, e](const Tensor& g) -> std::vector<Tensor> {
-        if (e == 0.0) return {zeros_like(g)};  // not 0 * x^-1, which is NaN at x = 0
-        return {mul(mul(g, pow(ad, e - 1.0)), e)};
-      },
-      {{&ad, "input 0"}});
+  autograd::record("pow_scalar", out, {a},
+                   [ad, e](const Tensor& g) -> std::vector<Tensor> {
+                     if (e == 0.0) return {zeros_like(g)};  // not 0 * x^-1, which is NaN at x = 0
+                     return {mul(mul(g, pow(ad, e - 1.0)), e)};
+                   },
+                   {{&ad, "input 0"}});
   return out;
 }
 
@@ -259,9 +261,9 @@ Tensor rdiv(const Tensor& a, Scalar b) {
   if (!is_floating(a.dtype())) return rdiv(a.to(DType::F32), b);  // true division
   Tensor out = unary_forward(cpu::UnaryOp::RDivScalar, "rdiv", a, b.to_double());
   Tensor od = out.detach(), ad = a.detach();
-  autograd::record(
-      "rdiv", out, {a}, [od, ad](const Tensor& g) -> std::vector<Tensor> { return {neg(mul(g, div(od, ad)))}; },
-      {{&ad, "input 0"}, {&od, "result"}});
+  autograd::record("rdiv", out, {a},
+                   [od, ad](const Tensor& g) -> std::vector<Tensor> { return {neg(mul(g, div(od, ad)))}; },
+                   {{&ad, "input 0"}, {&od, "result"}});
   return out;
 }
 
@@ -280,8 +282,8 @@ Tensor exp(const Tensor& x_in) {
   check_floating("exp", x);
   Tensor out = unary_forward(cpu::UnaryOp::Exp, "exp", x);
   Tensor od = out.detach();
-  autograd::record(
-      "exp", out, {x}, [od](const Tensor& g) -> std::vector<Tensor> { return {mul(g, od)}; }, {{&od, "result"}});
+  autograd::record("exp", out, {x}, [od](const Tensor& g) -> std::vector<Tensor> { return {mul(g, od)}; },
+                   {{&od, "result"}});
   return out;
 }
 
@@ -290,8 +292,8 @@ Tensor log(const Tensor& x_in) {
   check_floating("log", x);
   Tensor out = unary_forward(cpu::UnaryOp::Log, "log", x);
   Tensor xd = x.detach();
-  autograd::record(
-      "log", out, {x}, [xd](const Tensor& g) -> std::vector<Tensor> { return {div(g, xd)}; }, {{&xd, "input 0"}});
+  autograd::record("log", out, {x}, [xd](const Tensor& g) -> std::vector<Tensor> { return {div(g, xd)}; },
+                   {{&xd, "input 0"}});
   return out;
 }
 
@@ -300,9 +302,9 @@ Tensor sqrt(const Tensor& x_in) {
   check_floating("sqrt", x);
   Tensor out = unary_forward(cpu::UnaryOp::Sqrt, "sqrt", x);
   Tensor od = out.detach();
-  autograd::record(
-      "sqrt", out, {x}, [od](const Tensor& g) -> std::vector<Tensor> { return {div(mul(g, 0.5), od)}; },
-      {{&od, "result"}});
+  autograd::record("sqrt", out, {x},
+                   [od](const Tensor& g) -> std::vector<Tensor> { return {div(mul(g, 0.5), od)}; },
+                   {{&od, "result"}});
   return out;
 }
 
@@ -311,9 +313,9 @@ Tensor rsqrt(const Tensor& x_in) {
   check_floating("rsqrt", x);
   Tensor out = unary_forward(cpu::UnaryOp::Rsqrt, "rsqrt", x);
   Tensor od = out.detach();
-  autograd::record(
-      "rsqrt", out, {x}, [od](const Tensor& g) -> std::vector<Tensor> { return {mul(mul(g, pow(od, 3.0)), -0.5)}; },
-      {{&od, "result"}});
+  autograd::record("rsqrt", out, {x},
+                   [od](const Tensor& g) -> std::vector<Tensor> { return {mul(mul(g, pow(od, 3.0)), -0.5)}; },
+                   {{&od, "result"}});
   return out;
 }
 
@@ -322,9 +324,9 @@ Tensor tanh(const Tensor& x_in) {
   check_floating("tanh", x);
   Tensor out = unary_forward(cpu::UnaryOp::Tanh, "tanh", x);
   Tensor od = out.detach();
-  autograd::record(
-      "tanh", out, {x}, [od](const Tensor& g) -> std::vector<Tensor> { return {mul(g, rsub(mul(od, od), 1.0))}; },
-      {{&od, "result"}});
+  autograd::record("tanh", out, {x},
+                   [od](const Tensor& g) -> std::vector<Tensor> { return {mul(g, rsub(mul(od, od), 1.0))}; },
+                   {{&od, "result"}});
   return out;
 }
 
@@ -334,16 +336,17 @@ Tensor activation(cpu::UnaryOp op, const char* name, const Tensor& x) {
   check_floating(name, x);
   Tensor out = unary_forward(op, name, x);
   Tensor xd = x.detach();
-  autograd::record(
-      name, out, {x},
-      [op, name, xd](const Tensor& g) -> std::vector<Tensor> {
-        Tensor gc = g.dtype() == xd.dtype() ? g : g.to(xd.dtype());
-        Tensor dx = empty(xd.shape(), xd.options());
-        if (xd.is_cpu()) cpu::unary_backward(op, dx, gc, xd);
-        else BB_GPU(name, xd, gpu::unary_backward(op, dx, gc, xd));
-        return {dx};
-      },
-      {{&xd, "input 0"}});
+  autograd::record(name, out, {x},
+                   [op, name, xd](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor gc = g.dtype() == xd.dtype() ? g : g.to(xd.dtype());
+                     Tensor dx = empty(xd.shape(), xd.options());
+                     if (xd.is_cpu())
+                       cpu::unary_backward(op, dx, gc, xd);
+                     else
+                       BB_GPU(name, xd, gpu::unary_backward(op, dx, gc, xd));
+                     return {dx};
+                   },
+                   {{&xd, "input 0"}});
   return out;
 }
 }  // namespace
@@ -352,7 +355,8 @@ Tensor relu(const Tensor& x) { return activation(cpu::UnaryOp::Relu, "relu", x);
 Tensor silu(const Tensor& x) { return activation(cpu::UnaryOp::Silu, "silu", to_float("silu", x)); }
 Tensor abs(const Tensor& x) { return activation(cpu::UnaryOp::Abs, "abs", x); }
 Tensor gelu(const Tensor& x, GeluApprox approx) {
-  return activation(approx == GeluApprox::Tanh ? cpu::UnaryOp::GeluTanh : cpu::UnaryOp::GeluErf, "gelu", to_float("gelu", x));
+  return activation(approx == GeluApprox::Tanh ? cpu::UnaryOp::GeluTanh : cpu::UnaryOp::GeluErf, "gelu",
+                    to_float("gelu", x));
 }
 
 }  // namespace barbell

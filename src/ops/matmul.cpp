@@ -78,15 +78,14 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   }
   Tensor ad = a.detach(), bd = b.detach();
   bool ga = a.requires_grad(), gb = b.requires_grad();
-  autograd::record(
-      "matmul", out, {a, b},
-      [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
-        Tensor da, db;
-        if (ga) da = sum_to(matmul(g, bd.transpose(-1, -2)), ad.shape());
-        if (gb) db = sum_to(matmul(ad.transpose(-1, -2), g), bd.shape());
-        return {da, db};
-      },
-      {{&ad, "input 0"}, {&bd, "input 1"}});
+  autograd::record("matmul", out, {a, b},
+                   [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor da, db;
+                     if (ga) da = sum_to(matmul(g, bd.transpose(-1, -2)), ad.shape());
+                     if (gb) db = sum_to(matmul(ad.transpose(-1, -2), g), bd.shape());
+                     return {da, db};
+                   },
+                   {{&ad, "input 0"}, {&bd, "input 1"}});
   return out;
 }
 
@@ -115,8 +114,10 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
     if (x.is_cpu() || x2.numel() == 0 || outf == 0) {  // matmul_nd handles the empty products
       y = matmul_nd(x2, w.t());
       if (bias.defined() && y.numel() > 0) {
-        if (y.is_cpu()) cpu::add_bias(y, bias.contiguous());
-        else y = add(y, bias);
+        if (y.is_cpu())
+          cpu::add_bias(y, bias.contiguous());
+        else
+          y = add(y, bias);
       }
     } else {
       // One cuBLASLt call with the bias fused into its epilogue.
@@ -134,17 +135,16 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   bool gx = x.requires_grad(), gw = w.requires_grad(), gbias = bias.defined() && bias.requires_grad();
   std::vector<Tensor> inputs = {x, w};
   if (bias.defined()) inputs.push_back(bias);
-  autograd::record(
-      "linear", y, inputs,
-      [xd, wd, gx, gw, gbias, in, outf](const Tensor& g) -> std::vector<Tensor> {
-        Tensor g2 = g.reshape({-1, outf});
-        std::vector<Tensor> r(3);
-        if (gx) r[0] = matmul_nd(g2, wd).view(xd.shape());
-        if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({-1, in}));
-        if (gbias) r[2] = sum(g2, {0});
-        return r;
-      },
-      {{&xd, "input 0"}, {&wd, "weight"}});
+  autograd::record("linear", y, inputs,
+                   [xd, wd, gx, gw, gbias, in, outf](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor g2 = g.reshape({-1, outf});
+                     std::vector<Tensor> r(3);
+                     if (gx) r[0] = matmul_nd(g2, wd).view(xd.shape());
+                     if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({-1, in}));
+                     if (gbias) r[2] = sum(g2, {0});
+                     return r;
+                   },
+                   {{&xd, "input 0"}, {&wd, "weight"}});
   return y;
 }
 
@@ -178,20 +178,19 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Tensor xd = x2.detach(), wd = w.detach();
   Shape xs = x.shape();
   bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.requires_grad();
-  autograd::record(
-      "linear_gelu", y, {x, w, bias},
-      [=](const Tensor& g) -> std::vector<Tensor> {
-        Tensor g2 = g.reshape({-1, outf}).contiguous();
-        if (g2.dtype() != pre.dtype()) g2 = g2.to(pre.dtype());
-        Tensor dpre = empty(pre.shape(), pre.options());
-        BB_GPU("linear_gelu", pre, gpu::unary_backward(gpu::UnaryOp::GeluTanh, dpre, g2, pre));
-        std::vector<Tensor> r(3);
-        if (gx) r[0] = matmul(dpre, wd).view(xs);
-        if (gw) r[1] = matmul(dpre.t(), xd);
-        if (gb) r[2] = sum(dpre, {0});
-        return r;
-      },
-      {{&xd, "input 0"}, {&wd, "weight"}});
+  autograd::record("linear_gelu", y, {x, w, bias},
+                   [=](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor g2 = g.reshape({-1, outf}).contiguous();
+                     if (g2.dtype() != pre.dtype()) g2 = g2.to(pre.dtype());
+                     Tensor dpre = empty(pre.shape(), pre.options());
+                     BB_GPU("linear_gelu", pre, gpu::unary_backward(gpu::UnaryOp::GeluTanh, dpre, g2, pre));
+                     std::vector<Tensor> r(3);
+                     if (gx) r[0] = matmul(dpre, wd).view(xs);
+                     if (gw) r[1] = matmul(dpre.t(), xd);
+                     if (gb) r[2] = sum(dpre, {0});
+                     return r;
+                   },
+                   {{&xd, "input 0"}, {&wd, "weight"}});
   return y;
 }
 

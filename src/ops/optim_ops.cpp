@@ -17,16 +17,18 @@ struct Written {
   const char* what;
   size_t item;
 };
-void check_no_aliasing(const char* op, const std::vector<Written>& written, const std::vector<Written>& read) {
+void check_no_aliasing(const char* op, const std::vector<Written>& written,
+                       const std::vector<Written>& read) {
   std::vector<const Written*> w;
   for (const Written& x : written)
     if (x.t->defined() && x.t->numel() > 0) w.push_back(&x);
-  std::sort(w.begin(), w.end(), [](const Written* a, const Written* b) { return a->t->data_ptr() < b->t->data_ptr(); });
+  std::sort(w.begin(), w.end(),
+            [](const Written* a, const Written* b) { return a->t->data_ptr() < b->t->data_ptr(); });
   auto fail = [op](const Written& a, const Written& b) {
-    throw ValueError(fmt::format("{}: the {} of parameter {} (shape {}) and the {} of parameter {} (shape {}) share "
-                                 "memory (a tensor listed twice, or state aliasing a parameter)",
-                                 op, a.what, a.item, shape_str(a.t->shape()), b.what, b.item,
-                                 shape_str(b.t->shape())));
+    throw ValueError(
+        fmt::format("{}: the {} of parameter {} (shape {}) and the {} of parameter {} (shape {}) share "
+                    "memory (a tensor listed twice, or state aliasing a parameter)",
+                    op, a.what, a.item, shape_str(a.t->shape()), b.what, b.item, shape_str(b.t->shape())));
   };
   // Sorted by start, a written tensor can only overlap its successor first.
   for (size_t i = 0; i + 1 < w.size(); ++i)

@@ -57,14 +57,15 @@ ReduceLayout layout(const Tensor& x, const Shape& dims_in, bool keepdim, const c
 // round trip; the device kernels accumulate in float), and an overflow of int64 throws
 // instead of wrapping.
 template <typename T>
-void int_sum_rows(const T* px, int64_t* po, int64_t A, int64_t R, int64_t I, const char* op, const Tensor& x) {
+void int_sum_rows(const T* px, int64_t* po, int64_t A, int64_t R, int64_t I, const char* op,
+                  const Tensor& x) {
   for (int64_t a = 0; a < A; ++a) {
     for (int64_t i = 0; i < I; ++i) {
       int64_t acc = 0;
       for (int64_t r = 0; r < R; ++r) {
-        BB_CHECK(!__builtin_add_overflow(acc, static_cast<int64_t>(px[(a * R + r) * I + i]), &acc), ValueError,
-                 "{}: the sum of the {} tensor {} overflows int64 (at output element {})", op, dtype_name(x.dtype()),
-                 shape_str(x.shape()), a * I + i);
+        BB_CHECK(!__builtin_add_overflow(acc, static_cast<int64_t>(px[(a * R + r) * I + i]), &acc),
+                 ValueError, "{}: the sum of the {} tensor {} overflows int64 (at output element {})", op,
+                 dtype_name(x.dtype()), shape_str(x.shape()), a * I + i);
       }
       po[a * I + i] = acc;
     }
@@ -188,17 +189,18 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   else BB_GPU(op, x, gpu::softmax_rows(yt, xt, rows, n, log));
   Tensor y = last ? yt : yt.transpose(d, -1);
   Tensor yd = yt.detach();
-  autograd::record(
-      op, y, {x},
-      [yd, d, last, rows, n, log](const Tensor& g) -> std::vector<Tensor> {
-        Tensor gt = (last ? g : g.transpose(d, -1)).contiguous();
-        if (gt.dtype() != yd.dtype()) gt = gt.to(yd.dtype());
-        Tensor dx = empty(yd.shape(), yd.options());
-        if (yd.is_cpu()) cpu::softmax_rows_backward(dx, gt, yd, rows, n, log);
-        else BB_GPU("softmax", yd, gpu::softmax_rows_backward(dx, gt, yd, rows, n, log));
-        return {last ? dx : dx.transpose(d, -1)};
-      },
-      {{&yd, "result"}});
+  autograd::record(op, y, {x},
+                   [yd, d, last, rows, n, log](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor gt = (last ? g : g.transpose(d, -1)).contiguous();
+                     if (gt.dtype() != yd.dtype()) gt = gt.to(yd.dtype());
+                     Tensor dx = empty(yd.shape(), yd.options());
+                     if (yd.is_cpu())
+                       cpu::softmax_rows_backward(dx, gt, yd, rows, n, log);
+                     else
+                       BB_GPU("softmax", yd, gpu::softmax_rows_backward(dx, gt, yd, rows, n, log));
+                     return {last ? dx : dx.transpose(d, -1)};
+                   },
+                   {{&yd, "result"}});
   return y;
 }
 }  // namespace

@@ -25,7 +25,8 @@ class Scalar {
     } else if constexpr (std::is_integral_v<T>) {
       kind_ = Kind::Int;
       if constexpr (std::is_unsigned_v<T> && sizeof(T) >= sizeof(int64_t)) {
-        if (v > static_cast<T>(std::numeric_limits<int64_t>::max())) unsigned_too_big(static_cast<uint64_t>(v));
+        if (v > static_cast<T>(std::numeric_limits<int64_t>::max()))
+          unsigned_too_big(static_cast<uint64_t>(v));
       }
       i_ = static_cast<int64_t>(v);
     } else {

@@ -2,10 +2,10 @@
 // autograd fields. Views share storage; ops live in barbell/ops/ops.hpp.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
-#include <atomic>
 #include <iosfwd>
 #include <limits>
 #include <memory>
@@ -122,9 +122,11 @@ class Tensor {
     } else if constexpr (std::is_integral_v<T>) {
       const int64_t v = item_int64();
       bool fits;
-      if constexpr (std::is_unsigned_v<T>) fits = v >= 0 && static_cast<uint64_t>(v) <= std::numeric_limits<T>::max();
-      else fits = v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
-                  v <= static_cast<int64_t>(std::numeric_limits<T>::max());
+      if constexpr (std::is_unsigned_v<T>)
+        fits = v >= 0 && static_cast<uint64_t>(v) <= std::numeric_limits<T>::max();
+      else
+        fits = v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+               v <= static_cast<int64_t>(std::numeric_limits<T>::max());
       if (!fits) item_out_of_range(v, sizeof(T), std::is_unsigned_v<T>);
       return static_cast<T>(v);
     } else {
