@@ -2,6 +2,10 @@
 // printing. Ops that compute live in src/ops.
 #include "barbell/core/tensor.hpp"
 
+#if defined(__linux__)
+#include <sys/sysinfo.h>
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
@@ -32,10 +36,32 @@ std::string human_bytes(size_t n) {
   }
   return fmt::format("{:.1f} {}", v, units[u]);
 }
+
+// RAM plus swap: a host allocation larger than that cannot be backed, and under
+// overcommit (vm.overcommit_memory = 1) malloc would return it anyway and the process
+// would be killed when it touches the pages. 0 when unknown.
+size_t host_memory_limit() {
+#if defined(__linux__)
+  static const size_t limit = [] {
+    struct sysinfo si {};
+    if (sysinfo(&si) != 0) return size_t{0};
+    return static_cast<size_t>(si.totalram + si.totalswap) * si.mem_unit;
+  }();
+  return limit;
+#else
+  return 0;
+#endif
+}
 }  // namespace
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, const char* op) {
   if (device.is_cpu()) {
+    if (nbytes > (size_t{1} << 30)) {
+      const size_t limit = host_memory_limit();
+      BB_CHECK(limit == 0 || nbytes <= limit, Error,
+               "{}: cannot allocate {} bytes ({}): more than this machine's memory and swap ({})", op, nbytes,
+               human_bytes(nbytes), human_bytes(limit));
+    }
     // Rounded up to whole cache lines, as aligned_alloc wants a multiple of the alignment.
     constexpr size_t kMax = std::numeric_limits<size_t>::max() - 64;
     void* p = nbytes <= kMax ? std::aligned_alloc(64, (std::max<size_t>(nbytes, 1) + 63) / 64 * 64) : nullptr;

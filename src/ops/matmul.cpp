@@ -106,11 +106,13 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   }
   const int64_t in = w.shape()[1], outf = w.shape()[0];
   Shape ys(x.shape().begin(), x.shape().end() - 1);
+  // The row count spelled out: reshape cannot infer a -1 next to a 0.
+  const int64_t rows = shape_numel(ys);
   ys.push_back(outf);
   Tensor y;
   {
     NoGradGuard g;
-    Tensor x2 = x.reshape({-1, in});
+    Tensor x2 = x.reshape({rows, in});
     if (x.is_cpu() || x2.numel() == 0 || outf == 0) {  // matmul_nd handles the empty products
       y = matmul_nd(x2, w.t());
       if (bias.defined() && y.numel() > 0) {
@@ -136,11 +138,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   std::vector<Tensor> inputs = {x, w};
   if (bias.defined()) inputs.push_back(bias);
   autograd::record("linear", y, inputs,
-                   [xd, wd, gx, gw, gbias, in, outf](const Tensor& g) -> std::vector<Tensor> {
-                     Tensor g2 = g.reshape({-1, outf});
+                   [xd, wd, gx, gw, gbias, in, outf, rows](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor g2 = g.reshape({rows, outf});
                      std::vector<Tensor> r(3);
                      if (gx) r[0] = matmul_nd(g2, wd).view(xd.shape());
-                     if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({-1, in}));
+                     if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({rows, in}));
                      if (gbias) r[2] = sum(g2, {0});
                      return r;
                    },

@@ -1,6 +1,7 @@
 // Reductions: sum, mean, max, argmax over dims, sum_to (the inverse of broadcasting),
 // with their backward formulas.
 #include <algorithm>
+#include <limits>
 
 #include "cpu/cpu.hpp"
 #include "ops/common.hpp"
@@ -53,21 +54,20 @@ ReduceLayout layout(const Tensor& x, const Shape& dims_in, bool keepdim, const c
   return L;
 }
 
-// Integer and bool sums, exactly: accumulated in int64 on the host (a GPU tensor makes a
-// round trip; the device kernels accumulate in float), and an overflow of int64 throws
-// instead of wrapping.
+// Integer and bool sums, exactly: accumulated on the host in 128 bits, which no int64
+// inputs can overflow (a GPU tensor makes a round trip; the device kernels accumulate in
+// float). A total outside int64 throws instead of wrapping.
 template <typename T>
 void int_sum_rows(const T* px, int64_t* po, int64_t A, int64_t R, int64_t I, const char* op,
                   const Tensor& x) {
   for (int64_t a = 0; a < A; ++a) {
     for (int64_t i = 0; i < I; ++i) {
-      int64_t acc = 0;
-      for (int64_t r = 0; r < R; ++r) {
-        BB_CHECK(!__builtin_add_overflow(acc, static_cast<int64_t>(px[(a * R + r) * I + i]), &acc),
-                 ValueError, "{}: the sum of the {} tensor {} overflows int64 (at output element {})", op,
-                 dtype_name(x.dtype()), shape_str(x.shape()), a * I + i);
-      }
-      po[a * I + i] = acc;
+      __int128 acc = 0;
+      for (int64_t r = 0; r < R; ++r) acc += static_cast<int64_t>(px[(a * R + r) * I + i]);
+      BB_CHECK(acc >= std::numeric_limits<int64_t>::min() && acc <= std::numeric_limits<int64_t>::max(),
+               ValueError, "{}: the sum of the {} tensor {} overflows int64 (at output element {})", op,
+               dtype_name(x.dtype()), shape_str(x.shape()), a * I + i);
+      po[a * I + i] = static_cast<int64_t>(acc);
     }
   }
 }
