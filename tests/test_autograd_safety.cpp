@@ -26,9 +26,7 @@ TEST_CASE("changing a saved leaf in place before backward() is reported", "[auto
   std::string m;
   try {
     loss.backward();
-  } catch (const bb::ValueError& e) {
-    m = e.what();
-  }
+  } catch (const bb::ValueError& e) { m = e.what(); }
   INFO(m);
   REQUIRE(m.find("modified by an in-place operation") != std::string::npos);
   REQUIRE(m.find("input 0 of mul") != std::string::npos);
@@ -87,11 +85,21 @@ TEST_CASE("the ops that save tensors check them", "[autograd][version]") {
       {"tanh", [](const Tensor& x) { return bb::tanh(x); }, "tanh"},
       {"gelu", [](const Tensor& x) { return bb::gelu(x); }, "gelu"},
       {"pow", [](const Tensor& x) { return bb::pow(x, 3.0); }, "pow"},
-      {"softmax", [](const Tensor& x) { return bb::softmax(x.view({1, 3})); }, "softmax"},
-      {"matmul", [](const Tensor& x) { return bb::matmul(x.view({1, 3}), bb::ones({3, 2}, {bb::kF64})); },
+      {"softmax",
+       [](const Tensor& x) {
+         return bb::softmax(x.view({1, 3}));
+       },
+       "softmax"},
+      {"matmul",
+       [](const Tensor& x) {
+         return bb::matmul(x.view({1, 3}), bb::ones({3, 2}, {bb::kF64}));
+       },
        "matmul"},
       {"layer_norm",
-       [](const Tensor& x) { return bb::layer_norm(x.view({1, 3}), Tensor(), Tensor()); }, "layer_norm"},
+       [](const Tensor& x) {
+         return bb::layer_norm(x.view({1, 3}), Tensor(), Tensor());
+       },
+       "layer_norm"},
   };
   for (const Case& c : cases) {
     INFO(c.name);
@@ -142,7 +150,8 @@ TEST_CASE("in-place changes that autograd does not need are fine", "[autograd][v
   REQUIRE_THROWS_AS(l3.backward(), bb::ValueError);  // w's data was saved by mul
 }
 
-TEST_CASE("a training step then a second backward over the retained graph is refused", "[autograd][version]") {
+TEST_CASE("a training step then a second backward over the retained graph is refused",
+          "[autograd][version]") {
   Tensor w = leaf({4});
   bb::optim::SGD opt({{"w", w}}, {});
   Tensor loss = (w * w).sum();
@@ -233,7 +242,8 @@ TEST_CASE("custom Function: the number of gradients must match the inputs", "[au
                       Contains("my_add") && Contains("1 gradients for 2 inputs"));
 }
 
-TEST_CASE("custom Function: gradients of a broadcast shape are reduced to the input", "[autograd][function]") {
+TEST_CASE("custom Function: gradients of a broadcast shape are reduced to the input",
+          "[autograd][function]") {
   Tensor a = leaf({3}), b = leaf({1}), c = leaf({2, 1});
   BroadcastAdd::apply({a, b}).sum().backward();
   REQUIRE(a.grad().to_vector<double>() == std::vector<double>{1, 1, 1});

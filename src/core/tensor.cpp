@@ -655,16 +655,22 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str
 
 Tensor empty(const Shape& shape, TensorOptions opts) { return detail::empty_for("empty", shape, opts); }
 
-Tensor full(const Shape& shape, Scalar value, TensorOptions opts) {
-  detail::check_scalar_for("full", value, opts.dtype);
-  Tensor t = detail::empty_for("full", shape, {opts.dtype, opts.device});
-  fill_exact(t, value, "full");
+namespace {
+Tensor full_for(const char* op, const Shape& shape, const Scalar& value, const TensorOptions& opts) {
+  detail::check_scalar_for(op, value, opts.dtype);
+  Tensor t = detail::empty_for(op, shape, {opts.dtype, opts.device});
+  fill_exact(t, value, op);
   if (opts.requires_grad) t.requires_grad_(true);
   return t;
 }
+}  // namespace
+
+Tensor full(const Shape& shape, Scalar value, TensorOptions opts) {
+  return full_for("full", shape, value, opts);
+}
 Tensor full(const Shape& shape, Scalar value) { return full(shape, value, {default_dtype_for(value)}); }
-Tensor zeros(const Shape& shape, TensorOptions opts) { return full(shape, 0, opts); }
-Tensor ones(const Shape& shape, TensorOptions opts) { return full(shape, 1, opts); }
+Tensor zeros(const Shape& shape, TensorOptions opts) { return full_for("zeros", shape, 0, opts); }
+Tensor ones(const Shape& shape, TensorOptions opts) { return full_for("ones", shape, 1, opts); }
 Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.options()); }
 Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.options()); }
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.options()); }
