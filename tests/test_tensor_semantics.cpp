@@ -373,6 +373,7 @@ TEST_CASE("sizes, starts and lengths are checked for negatives and overflow", "[
   REQUIRE_THROWS_WITH(bb::empty({int64_t{1} << 62}, {bb::kF64}), Contains("empty") && Contains("bytes"));
   REQUIRE_THROWS_WITH(bb::rand({-1}), Contains("rand") && Contains("[-1]"));
   REQUIRE_THROWS_AS(bb::tril_mask(-1, 3), bb::ValueError);
+  REQUIRE_THROWS_WITH(bb::zeros({4}).view({int64_t{1} << 62, 4, -1}), Contains("view") && Contains("int64"));
   REQUIRE_THROWS_AS(bb::from_vector<float>({1, 2}, {-1, -2}), bb::ShapeError);
   // chunk with a huge count no longer overflows its size computation.
   REQUIRE(bb::chunk(bb::zeros({5}), kI64Max).size() == 5);

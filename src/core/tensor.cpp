@@ -227,7 +227,8 @@ Shape infer_shape(const Shape& shape, int64_t numel, const char* op, const Shape
       infer = static_cast<int64_t>(i);
     } else {
       BB_CHECK(s[i] >= 0, ShapeError, "{}: negative size in {}", op, shape_str(shape));
-      known *= s[i];
+      BB_CHECK(!__builtin_mul_overflow(known, s[i], &known), ShapeError,
+               "{}: the sizes in {} multiply past int64", op, shape_str(shape));
     }
   }
   if (infer >= 0) {

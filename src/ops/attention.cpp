@@ -38,10 +38,12 @@ Tensor causal_keep(int64_t Tq, int64_t Tk, Device device) {
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 16) cache.clear();  // a bound, for programs that vary T a lot
-  std::vector<int32_t> m(static_cast<size_t>(Tq * Tk));
+  // Built in place on the host, one byte per element (no temporary of ints).
+  Tensor keep = detail::empty_for(kOp, {Tq, Tk}, {DType::Bool, Device::cpu()});
+  bool* m = keep.data<bool>();
   for (int64_t i = 0; i < Tq; ++i)
-    for (int64_t j = 0; j < Tk; ++j) m[static_cast<size_t>(i * Tk + j)] = j <= i + (Tk - Tq);
-  Tensor keep = from_vector(m, {Tq, Tk}, {DType::Bool, device});
+    for (int64_t j = 0; j < Tk; ++j) m[i * Tk + j] = j <= i + (Tk - Tq);
+  if (device.is_cuda()) keep = keep.to(device);
   cache.emplace(key, keep);
   return keep;
 }

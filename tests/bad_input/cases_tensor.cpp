@@ -612,6 +612,9 @@ const bool kSizes = [] {
     return refuse([] { bb::from_vector<float>({1, 2}, {-1, -2}); }, {"from_vector", "[-1, -2]"});
   });
   add(c, "view as [-2, 2]", [] { return refuse([] { bb::zeros({4}).view({-2, 2}); }, {"view", "[-2, 2]"}); });
+  add(c, "view as [2^62, 4, -1]: the known sizes multiply past int64", [] {
+    return refuse([] { bb::zeros({4}).view({int64_t{1} << 62, 4, -1}); }, {"view", "int64"});
+  });
   add(c, "reshape as [-1, -1]", [] {
     return refuse([] { bb::zeros({4}).reshape({-1, -1}); }, {"reshape", "-1"});
   });
