@@ -32,6 +32,11 @@ void Node::save_versions(std::initializer_list<SavedTensor> saved) {
     if (s.tensor->defined()) saved_.push_back({*s.tensor, s.tensor->version(), s.what});
 }
 
+void Node::release_saved() {
+  saved_.clear();
+  saved_.shrink_to_fit();
+}
+
 void Node::check_saved() const {
   for (const SavedVersion& s : saved_) {
     const uint64_t now = s.tensor.version();
@@ -62,6 +67,7 @@ class LambdaNode : public Node {
   std::string name() const override { return op_; }
   void release() override {
     fn_ = nullptr;
+    release_saved();
     released_ = true;
   }
 

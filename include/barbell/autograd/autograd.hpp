@@ -61,6 +61,11 @@ class Node {
   void check_saved() const;
 
  protected:
+  // Drops the references save_versions() keeps; release() must call it, or the saved
+  // tensors would live as long as the graph instead of being freed during backward.
+  void release_saved();
+
+ protected:
   uint64_t seq_;
   bool released_ = false;
 
