@@ -291,3 +291,15 @@ TEST_CASE("custom Function: a saved tensor changed in place is reported", "[auto
   bbtest::require_gradcheck([](const std::vector<Tensor>& in) { return Square::apply({in[0]}); },
                             {bb::randn({4}, {bb::kF64, bb::Device::cpu(), true})});
 }
+
+TEST_CASE("saved tensors are freed during backward, not kept for the version check", "[autograd][version]") {
+  Tensor x = leaf({64});
+  Tensor y = bb::exp(x);
+  std::weak_ptr<bb::Storage> saved = y.impl().storage;  // exp saves its output
+  Tensor loss = y.sum();
+  y = Tensor();
+  REQUIRE_FALSE(saved.expired());  // the graph holds it until backward
+  loss.backward();
+  REQUIRE(saved.expired());  // freed with the node, though loss (and its graph) live on
+  REQUIRE(loss.defined());
+}
