@@ -76,6 +76,28 @@ TEST_CASE("an integer tensor with an integer scalar stays integer and exact", "[
                       Contains("add") && Contains("1099511627776") && Contains("i32"));
 }
 
+TEST_CASE("integer add, sub and mul wrap on overflow, as PyTorch", "[semantics][promotion][integer]") {
+  // Two's complement wrapping, computed without signed overflow (UBSan stays quiet).
+  REQUIRE(i64s(bb::full({1}, kI64Max) + 1) == std::vector<int64_t>{kI64Min});
+  REQUIRE(i64s(bb::full({1}, kI64Min) - 1) == std::vector<int64_t>{kI64Max});
+  REQUIRE(i64s(-bb::full({1}, kI64Min)) == std::vector<int64_t>{kI64Min});
+  REQUIRE(i64s(bb::full({1}, kI64Max) * 2) == std::vector<int64_t>{-2});
+  REQUIRE(i64s(bb::mul(bb::full({3}, kI64Max), bb::full({3}, kI64Max))) == std::vector<int64_t>{1, 1, 1});
+  REQUIRE(i64s(bb::add(bb::full({1}, 1), bb::full({1}, kI64Max), 3.0)) == std::vector<int64_t>{kI64Max - 1});
+  REQUIRE(i64s(bb::sub(bb::full({2}, kI64Min), bb::full({2}, 1))) == std::vector<int64_t>{kI64Max, kI64Max});
+  Tensor t = bb::full({2}, kI64Max);
+  t.mul_(3);
+  REQUIRE(i64s(t) == std::vector<int64_t>{kI64Max - 2, kI64Max - 2});
+  t.add_(bb::full({2}, kI64Max), 2.0);
+  REQUIRE(i64s(t) == std::vector<int64_t>{kI64Max - 4, kI64Max - 4});
+  Tensor i32 = bb::full({1}, 2147483647, {bb::kI32});
+  REQUIRE((i32 + 1).to_vector<int32_t>() == std::vector<int32_t>{-2147483647 - 1});
+  // Comparisons and max are exact beyond 2^53 (no trip through double).
+  const int64_t two53 = int64_t{1} << 53;
+  REQUIRE_FALSE(bb::eq(bb::full({1}, two53 + 1), bb::full({1}, two53)).item<bool>());
+  REQUIRE(bb::max(bb::from_vector<int64_t>({two53, two53 + 1, two53}, {3})).item<int64_t>() == two53 + 1);
+}
+
 TEST_CASE("integer pow: exact, negative exponents refused, overflow reported", "[semantics][promotion]") {
   Tensor base = bb::from_vector<int64_t>({2, -3, 0, 1, -1}, {5});
   Tensor ex = bb::from_vector<int64_t>({62, 3, 0, kI64Max, kI64Max}, {5});

@@ -127,12 +127,25 @@ inline A unary_grad(UnaryOp op, A x) {
   }
 }
 
+// Integer add, sub and mul wrap on overflow (two's complement, as PyTorch): computed in
+// the unsigned type, where wrapping is defined, instead of signed overflow (undefined).
+template <typename A>
+inline A wrapping(BinaryOp op, A a, A b) {
+  if constexpr (std::is_integral_v<A>) {
+    using U = std::make_unsigned_t<A>;
+    const U x = static_cast<U>(a), y = static_cast<U>(b);
+    return static_cast<A>(op == BinaryOp::Add ? x + y : op == BinaryOp::Sub ? x - y : x * y);
+  } else {
+    return op == BinaryOp::Add ? a + b : op == BinaryOp::Sub ? a - b : a * b;
+  }
+}
+
 template <typename A>
 inline A apply_binary(BinaryOp op, A a, A b) {
   switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Add: return wrapping(BinaryOp::Add, a, b);
+    case BinaryOp::Sub: return wrapping(BinaryOp::Sub, a, b);
+    case BinaryOp::Mul: return wrapping(BinaryOp::Mul, a, b);
     case BinaryOp::Div: return a / b;
     case BinaryOp::Pow:
       if constexpr (std::is_integral_v<A>) return static_cast<A>(std::pow(static_cast<double>(a), static_cast<double>(b)));
@@ -215,7 +228,8 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
           for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(OP, A(x[i]), yv));
         } else {
           for (int64_t i = 0; i < n; ++i)
-            o[i * st[0]] = convert<O>(apply_binary<A>(OP, A(x[i * st[1]]), al * A(y[i * st[2]])));
+            o[i * st[0]] = convert<O>(
+                apply_binary<A>(OP, A(x[i * st[1]]), wrapping(BinaryOp::Mul, al, A(y[i * st[2]]))));
         }
       });
     };

@@ -545,6 +545,50 @@ const bool kIntegers = [] {
   add(c, "arange(INT64_MIN, INT64_MAX) has more elements than int64 counts", [] {
     return refuse([] { bb::arange(kMin, kMax); }, {"arange", "int64"});
   });
+  // Integer add, sub and mul wrap on overflow as PyTorch does (two's complement), with no
+  // undefined behaviour on the way (UBSan's signed-integer-overflow).
+  add(c, "INT64_MAX + 1 in i64 wraps to INT64_MIN", [] {
+    return compute([](std::string& d) { return ints(bb::full({1}, kMax) + 1, bb::kI64, {kMin}, d); });
+  });
+  add(c, "INT64_MIN - 1 in i64 wraps to INT64_MAX", [] {
+    return compute([](std::string& d) { return ints(bb::full({1}, kMin) - 1, bb::kI64, {kMax}, d); });
+  });
+  add(c, "-INT64_MIN in i64 is INT64_MIN",
+      [] { return compute([](std::string& d) { return ints(-bb::full({1}, kMin), bb::kI64, {kMin}, d); }); });
+  add(c, "INT64_MAX * INT64_MAX (tensors) wraps to 1", [] {
+    return compute([](std::string& d) {
+      return ints(bb::mul(bb::full({2}, kMax), bb::full({2}, kMax)), bb::kI64, {1, 1}, d);
+    });
+  });
+  add(c, "add(1, INT64_MAX, alpha = 3) wraps", [] {
+    return compute([](std::string& d) {
+      return ints(bb::add(bb::full({1}, 1), bb::full({1}, kMax), 3.0), bb::kI64, {kMax - 1}, d);
+    });
+  });
+  add(c, "INT64_MAX mul_(3) wraps in place", [] {
+    return compute([](std::string& d) {
+      Tensor t = bb::full({1}, kMax);
+      t.mul_(3);
+      return ints(t, bb::kI64, {kMax - 2}, d);
+    });
+  });
+  add(c, "i32 2147483647 + 1 wraps to -2147483648", [] {
+    return compute([](std::string& d) {
+      return ints(bb::full({1}, 2147483647, {bb::kI32}) + 1, bb::kI32, {-2147483648LL}, d);
+    });
+  });
+  add(c, "eq of 2^53 + 1 and 2^53 is false (compared in int64, not double)", [] {
+    return compute([](std::string& d) {
+      const bool e = bb::eq(bb::full({1}, k2p53 + 1), bb::full({1}, k2p53)).item<bool>();
+      d = e ? "equal" : "different";
+      return !e;
+    });
+  });
+  add(c, "max of the i64 [2^53, 2^53 + 1] is 2^53 + 1", [] {
+    return compute([](std::string& d) {
+      return ints(bb::max(bb::from_vector<int64_t>({k2p53, k2p53 + 1}, {2}), 0), bb::kI64, {k2p53 + 1}, d);
+    });
+  });
   return true;
 }();
 
