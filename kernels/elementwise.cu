@@ -150,11 +150,28 @@ __device__ __forceinline__ A unary_grad(A x) {
   }
 }
 
+// Integer add, sub and mul wrap on overflow (two's complement, as the CPU backend and
+// PyTorch): computed in the unsigned type, where wrapping is defined.
+template <BinaryOp OP, typename A>
+__device__ __forceinline__ A wrapping(A a, A b) {
+  if constexpr (std::is_integral_v<A>) {
+    using U = std::make_unsigned_t<A>;
+    const U x = static_cast<U>(a), y = static_cast<U>(b);
+    if constexpr (OP == BinaryOp::Add) return static_cast<A>(x + y);
+    else if constexpr (OP == BinaryOp::Sub) return static_cast<A>(x - y);
+    else return static_cast<A>(x * y);
+  } else {
+    if constexpr (OP == BinaryOp::Add) return a + b;
+    else if constexpr (OP == BinaryOp::Sub) return a - b;
+    else return a * b;
+  }
+}
+
 template <BinaryOp OP, typename A>
 __device__ __forceinline__ A binary_apply(A a, A b) {
-  if constexpr (OP == BinaryOp::Add) return a + b;
-  else if constexpr (OP == BinaryOp::Sub) return a - b;
-  else if constexpr (OP == BinaryOp::Mul) return a * b;
+  if constexpr (OP == BinaryOp::Add) return wrapping<BinaryOp::Add>(a, b);
+  else if constexpr (OP == BinaryOp::Sub) return wrapping<BinaryOp::Sub>(a, b);
+  else if constexpr (OP == BinaryOp::Mul) return wrapping<BinaryOp::Mul>(a, b);
   else if constexpr (OP == BinaryOp::Div) return a / b;
   else if constexpr (OP == BinaryOp::Pow) {
     if constexpr (std::is_integral_v<A>) return static_cast<A>(::pow(static_cast<double>(a), static_cast<double>(b)));
@@ -197,7 +214,7 @@ struct BinaryF {
   using A = binary_acc_t<T>;
   A alpha;
   __device__ O operator()(T a, T b) const {
-    const A x = cvt<A>(a), y = alpha * cvt<A>(b);
+    const A x = cvt<A>(a), y = wrapping<BinaryOp::Mul>(alpha, cvt<A>(b));
     if constexpr (OP == BinaryOp::Eq) return x == y;
     else return cvt<O>(binary_apply<OP>(x, y));
   }
@@ -210,7 +227,7 @@ struct BinaryRtF {
   BinaryOp op;
   __device__ O operator()(T a, T b) const {
     // Eq gives 1 or 0 and O is bool; a bool result of another op is "!= 0".
-    return cvt<O>(binary_apply_rt(op, cvt<A>(a), alpha * cvt<A>(b)));
+    return cvt<O>(binary_apply_rt(op, cvt<A>(a), wrapping<BinaryOp::Mul>(alpha, cvt<A>(b))));
   }
 };
 

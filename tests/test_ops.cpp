@@ -356,7 +356,9 @@ TEST_CASE("binary ops on integer tensors", "[ops][binary]") {
   REQUIRE(bb::sub(a, b).to_vector<int32_t>() == std::vector<int32_t>{-9, -22, -7, -16});
   Tensor l = bb::from_vector<int64_t>({3000000000LL, -5}, {2});
   REQUIRE(bb::add(l, l).to_vector<int64_t>() == std::vector<int64_t>{6000000000LL, -10});
-  REQUIRE(bb::add(l, 1.0).to_vector<int64_t>() == std::vector<int64_t>{3000000001LL, -4});
+  REQUIRE(bb::add(l, 1).to_vector<int64_t>() == std::vector<int64_t>{3000000001LL, -4});
+  // A floating scalar promotes an integer tensor to f32 (PyTorch's rule), not truncated.
+  REQUIRE(bb::add(l, 1.0).dtype() == bb::kF32);
 }
 
 TEST_CASE("scalar forms: add, mul, pow, rsub, rdiv and the operators", "[ops][binary]") {

@@ -1,7 +1,10 @@
 // The backward engine: dependency counting over the graph below the roots, then
 // nodes in reverse creation order (a max-heap on sequence numbers), gradients summed
 // per node, leaves accumulated into .grad with their gradient-ready hooks.
+#include <cxxabi.h>
+
 #include <atomic>
+#include <cstdlib>
 #include <queue>
 #include <unordered_map>
 #include <unordered_set>
@@ -23,6 +26,29 @@ namespace autograd {
 
 Node::Node() : seq_(g_next_seq.fetch_add(1)) {}
 
+void Node::save_versions(std::initializer_list<SavedTensor> saved) {
+  saved_.reserve(saved.size());
+  for (const SavedTensor& s : saved)
+    if (s.tensor->defined()) saved_.push_back({*s.tensor, s.tensor->version(), s.what});
+}
+
+void Node::release_saved() {
+  saved_.clear();
+  saved_.shrink_to_fit();
+}
+
+void Node::check_saved() const {
+  for (const SavedVersion& s : saved_) {
+    const uint64_t now = s.tensor.version();
+    if (now == s.version) continue;
+    throw ValueError(fmt::format(
+        "backward: one of the tensors needed for gradient computation has been modified by an "
+        "in-place operation: {} of {} ({} {}) is at version {}; it was saved for backward at version "
+        "{}. Change it after backward(), or change a clone() of it",
+        s.what, name(), dtype_name(s.tensor.dtype()), shape_str(s.tensor.shape()), now, s.version));
+  }
+}
+
 namespace {
 
 // A node whose backward is a closure; release() drops the closure and with it the
@@ -35,11 +61,13 @@ class LambdaNode : public Node {
              "backward: trying to run backward through the graph a second time ({} node); its saved tensors were "
              "freed after the first backward (pass retain_graph = true to keep them)",
              op_);
+    check_saved();
     return fn_(g);
   }
   std::string name() const override { return op_; }
   void release() override {
     fn_ = nullptr;
+    release_saved();
     released_ = true;
   }
 
@@ -69,13 +97,15 @@ bool needs_grad(const std::vector<Tensor>& inputs) {
   return false;
 }
 
-bool record(const char* op, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn backward) {
+bool record(const char* op, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn backward,
+            std::initializer_list<SavedTensor> saved) {
   if (!needs_grad(inputs)) return false;
   // An op that returns one of its inputs as is (an identity Function) must not make
   // that input a non-leaf: the output becomes a fresh alias of the same storage.
   for (auto& t : inputs)
     if (t.defined() && t.same(out)) out = t.detach();
   auto node = std::make_shared<LambdaNode>(op, std::move(backward));
+  if (saved.size()) node->save_versions(saved);
   node->next.reserve(inputs.size());
   for (auto& t : inputs) node->next.push_back(grad_edge(t));
   auto& im = out.impl();
@@ -100,10 +130,89 @@ std::vector<Tensor> AccumulateGrad::apply(const Tensor& g) {
   return {};
 }
 
-const Tensor& Context::saved(size_t i) const {
-  BB_CHECK(i < saved_.size(), IndexError, "Context::saved: index {} but {} tensors were saved", i, saved_.size());
-  return saved_[i];
+void Context::save(const Tensor& t) {
+  if (!t.defined()) {
+    saved_.push_back({Tensor(), 0});
+    return;
+  }
+  saved_.push_back({t.detach(), t.version()});
 }
+
+const Tensor& Context::saved(size_t i) const {
+  BB_CHECK(i < saved_.size(), IndexError, "{}: Context::saved: index {} but {} tensors were saved",
+           function_name, i, saved_.size());
+  const Saved& s = saved_[i];
+  if (s.tensor.defined() && s.tensor.version() != s.version) {
+    throw ValueError(fmt::format(
+        "backward: one of the tensors needed for gradient computation has been modified by an "
+        "in-place operation: saved tensor {} of custom Function {} ({} {}) is at version {}; it was "
+        "saved at version {}",
+        i, function_name, dtype_name(s.tensor.dtype()), shape_str(s.tensor.shape()), s.tensor.version(),
+        s.version));
+  }
+  return s.tensor;
+}
+
+namespace detail {
+
+std::string type_name(const std::type_info& t) {
+  int status = 0;
+  char* d = abi::__cxa_demangle(t.name(), nullptr, nullptr, &status);
+  std::string r = status == 0 && d ? d : t.name();
+  std::free(d);
+  return r;
+}
+
+std::vector<InputMeta> input_meta(const std::vector<Tensor>& inputs) {
+  std::vector<InputMeta> m;
+  m.reserve(inputs.size());
+  for (const Tensor& t : inputs) {
+    if (t.defined())
+      m.push_back({t.shape(), t.dtype(), t.device(), t.requires_grad()});
+    else
+      m.push_back({{}, DType::F32, Device::cpu(), false});
+  }
+  return m;
+}
+
+std::vector<Tensor> check_function_grads(const std::string& name, const std::vector<InputMeta>& inputs,
+                                         std::vector<Tensor> grads) {
+  BB_CHECK(
+      grads.size() == inputs.size(), ValueError,
+      "custom Function {}: backward returned {} gradients for {} inputs (return one per input, an undefined "
+      "Tensor() where an input needs none)",
+      name, grads.size(), inputs.size());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    Tensor& g = grads[i];
+    const InputMeta& in = inputs[i];
+    if (!g.defined()) continue;
+    if (!in.requires_grad) {  // not differentiated: ignored, as PyTorch does
+      g = Tensor();
+      continue;
+    }
+    BB_CHECK(g.device() == in.device, DeviceError,
+             "custom Function {}: the gradient for input {} is on {}, but the input is on {}", name, i,
+             g.device().str(), in.device.str());
+    BB_CHECK(is_floating(g.dtype()), DTypeError,
+             "custom Function {}: the gradient for input {} is {} {}, not a floating tensor", name, i,
+             dtype_name(g.dtype()), shape_str(g.shape()));
+    if (g.shape() != in.shape) {
+      bool expandable = false;
+      try {
+        expandable = broadcast_shapes(in.shape, g.shape(), "custom Function") == g.shape();
+      } catch (const ShapeError&) {}
+      BB_CHECK(expandable, ShapeError,
+               "custom Function {}: backward returned a gradient of shape {} for input {} of shape "
+               "{} (expected that shape, or one it broadcasts to)",
+               name, shape_str(g.shape()), i, shape_str(in.shape));
+      g = sum_to(g, in.shape);
+    }
+    if (g.dtype() != in.dtype) g = g.to(in.dtype);
+  }
+  return grads;
+}
+
+}  // namespace detail
 
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads_in, bool retain_graph) {
   BB_CHECK(roots.size() == grads_in.size(), ValueError, "backward: {} roots but {} gradients", roots.size(),

@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+
+#include "ops/common.hpp"
 
 namespace barbell {
 
@@ -44,32 +47,45 @@ Generator& default_generator() {
 void manual_seed(uint64_t seed) { default_generator().manual_seed(seed); }
 
 namespace {
-// Fills n doubles from the generator with f(u0, u1, u2, u3) producing up to 4 values per block.
-template <typename F>
-std::vector<double> draw(int64_t n, Generator& g, F f) {
-  std::vector<double> v(static_cast<size_t>(n));
-  int64_t blocks = (n + 3) / 4;
+// Fills the n values of `out` (a fresh contiguous CPU tensor of V) from the generator,
+// with f(words, values) producing up to 4 values per Philox block.
+template <typename V, typename F>
+void draw(const Tensor& out, Generator& g, F f) {
+  V* v = static_cast<V*>(out.data_ptr());
+  const int64_t n = out.numel();
+  int64_t blocks = n / 4 + (n % 4 != 0);
   uint64_t base = g.reserve(static_cast<uint64_t>(blocks));
   uint64_t seed = g.seed();
 #pragma omp parallel for if (blocks > 4096)
   for (int64_t b = 0; b < blocks; ++b) {
     uint32_t w[4];
     Generator::philox(seed, base + static_cast<uint64_t>(b), w);
-    double out[4];
-    f(w, out);
-    for (int j = 0; j < 4 && b * 4 + j < n; ++j) v[static_cast<size_t>(b * 4 + j)] = out[j];
+    V vals[4];
+    f(w, vals);
+    for (int j = 0; j < 4 && b * 4 + j < n; ++j) v[b * 4 + j] = vals[j];
   }
-  return v;
 }
 inline double u01(uint32_t w) { return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0); }
-// Before draw() sizes its buffer from the element count.
-void check_sizes(const Shape& shape, const char* op) {
-  for (auto d : shape) BB_CHECK(d >= 0, ShapeError, "{}: negative size in {}", op, shape_str(shape));
+
+// The host buffer draws are made in, checked and allocated before anything is drawn.
+Tensor host_buffer(const char* op, const Shape& shape, DType dt, const TensorOptions& opts) {
+  detail::check_shape(op, shape, opts.dtype);
+  return detail::empty_for(op, shape, {dt, Device::cpu()});
+}
+
+Tensor finish(Tensor t, const TensorOptions& opts) {
+  // Converted on the host, then moved: the values do not depend on the device.
+  if (t.dtype() != opts.dtype) t = t.to(opts.dtype);
+  if (t.device() != opts.device) t = t.to(opts.device);
+  if (opts.requires_grad) t.requires_grad_(true);
+  return t;
 }
 }  // namespace
 
 Tensor rand(const Shape& shape, TensorOptions opts, Generator* gen) {
-  check_sizes(shape, "rand");
+  BB_CHECK(is_floating(opts.dtype), DTypeError,
+           "rand: uniform values in [0, 1) need a floating dtype, got {}", dtype_name(opts.dtype));
+  Tensor buf = host_buffer("rand", shape, DType::F64, opts);
   Generator& g = gen ? *gen : default_generator();
   // The largest value below 1 in the target dtype: a uniform closer to 1 than that
   // would round up to 1 when stored (bf16 does so for 1 draw in 512).
@@ -77,18 +93,18 @@ Tensor rand(const Shape& shape, TensorOptions opts, Generator* gen) {
                      : opts.dtype == DType::F16 ? 1.0 - 0x1p-11
                      : opts.dtype == DType::F32 ? 1.0 - 0x1p-24
                                                 : 1.0;
-  auto v = draw(shape_numel(shape), g, [top](const uint32_t* w, double* out) {
+  draw<double>(buf, g, [top](const uint32_t* w, double* out) {
     for (int j = 0; j < 4; ++j) out[j] = std::min(static_cast<double>(w[j]) * (1.0 / 4294967296.0), top);
   });
-  Tensor t = from_vector(v, shape, {opts.dtype, opts.device});
-  if (opts.requires_grad) t.requires_grad_(true);
-  return t;
+  return finish(buf, opts);
 }
 
 Tensor randn(const Shape& shape, TensorOptions opts, Generator* gen) {
-  check_sizes(shape, "randn");
+  BB_CHECK(is_floating(opts.dtype), DTypeError, "randn: normal values need a floating dtype, got {}",
+           dtype_name(opts.dtype));
+  Tensor buf = host_buffer("randn", shape, DType::F64, opts);
   Generator& g = gen ? *gen : default_generator();
-  auto v = draw(shape_numel(shape), g, [](const uint32_t* w, double* out) {
+  draw<double>(buf, g, [](const uint32_t* w, double* out) {
     // Box-Muller on two pairs of uniforms.
     for (int j = 0; j < 2; ++j) {
       double r = std::sqrt(-2.0 * std::log(u01(w[2 * j])));
@@ -97,23 +113,27 @@ Tensor randn(const Shape& shape, TensorOptions opts, Generator* gen) {
       out[2 * j + 1] = r * std::sin(th);
     }
   });
-  Tensor t = from_vector(v, shape, {opts.dtype, opts.device});
-  if (opts.requires_grad) t.requires_grad_(true);
-  return t;
+  return finish(buf, opts);
 }
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opts, Generator* gen) {
   BB_CHECK(high > low, ValueError, "randint: empty range [{}, {})", low, high);
-  check_sizes(shape, "randint");
+  BB_CHECK(opts.dtype != DType::Bool, DTypeError, "randint: not defined for bool (range [{}, {}))", low,
+           high);
+  if (opts.dtype == DType::I32)
+    BB_CHECK(low >= std::numeric_limits<int32_t>::min() && high - 1 <= std::numeric_limits<int32_t>::max(),
+             ValueError, "randint: range [{}, {}) does not fit in i32", low, high);
+  Tensor buf = host_buffer("randint", shape, DType::I64, opts);
   Generator& g = gen ? *gen : default_generator();
-  uint64_t span = static_cast<uint64_t>(high - low);
-  auto v = draw(shape_numel(shape), g, [span, low](const uint32_t* w, double* out) {
+  // In uint64: high - low can exceed INT64_MAX, and low + r wraps back into [low, high).
+  const uint64_t span = static_cast<uint64_t>(high) - static_cast<uint64_t>(low);
+  draw<int64_t>(buf, g, [span, low](const uint32_t* w, int64_t* out) {
     for (int j = 0; j < 4; ++j) {
       uint64_t r = (static_cast<uint64_t>(w[j]) << 32) | w[(j + 1) & 3];
-      out[j] = static_cast<double>(low + static_cast<int64_t>(r % span));
+      out[j] = static_cast<int64_t>(static_cast<uint64_t>(low) + r % span);
     }
   });
-  return from_vector(v, shape, {opts.dtype, opts.device});
+  return finish(buf, opts);
 }
 
 }  // namespace barbell

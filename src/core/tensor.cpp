@@ -2,6 +2,10 @@
 // printing. Ops that compute live in src/ops.
 #include "barbell/core/tensor.hpp"
 
+#if defined(__linux__)
+#include <sys/sysinfo.h>
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
@@ -21,12 +25,54 @@ Storage::~Storage() {
   if (deleter_ && data_) deleter_(data_);
 }
 
-std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
+namespace {
+std::string human_bytes(size_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 6) {
+    v /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.1f} {}", v, units[u]);
+}
+
+// RAM plus swap: a host allocation larger than that cannot be backed, and under
+// overcommit (vm.overcommit_memory = 1) malloc would return it anyway and the process
+// would be killed when it touches the pages. 0 when unknown.
+size_t host_memory_limit() {
+#if defined(__linux__)
+  static const size_t limit = [] {
+    struct sysinfo si {};
+    if (sysinfo(&si) != 0) return size_t{0};
+    return static_cast<size_t>(si.totalram + si.totalswap) * si.mem_unit;
+  }();
+  return limit;
+#else
+  return 0;
+#endif
+}
+}  // namespace
+
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, const char* op) {
   if (device.is_cpu()) {
-    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
-    BB_CHECK(p != nullptr, Error, "allocate: out of host memory asking for {} bytes", nbytes);
-    return std::make_shared<Storage>(p, nbytes, device, [](void* q) { std::free(q); });
+    if (nbytes > (size_t{1} << 30)) {
+      const size_t limit = host_memory_limit();
+      BB_CHECK(limit == 0 || nbytes <= limit, Error,
+               "{}: cannot allocate {} bytes ({}): more than this machine's memory and swap ({})", op, nbytes,
+               human_bytes(nbytes), human_bytes(limit));
+    }
+    // Rounded up to whole cache lines, as aligned_alloc wants a multiple of the alignment.
+    constexpr size_t kMax = std::numeric_limits<size_t>::max() - 64;
+    void* p = nbytes <= kMax ? std::aligned_alloc(64, (std::max<size_t>(nbytes, 1) + 63) / 64 * 64) : nullptr;
+    BB_CHECK(p != nullptr, Error, "{}: out of host memory: cannot allocate {} bytes ({})", op, nbytes,
+             human_bytes(nbytes));
+    try {
+      return std::make_shared<Storage>(p, nbytes, device, [](void* q) { std::free(q); });
+    } catch (const std::bad_alloc&) {
+      std::free(p);
+      throw Error(fmt::format("{}: out of host memory allocating a storage of {} bytes", op, nbytes));
+    }
   }
   int idx = device.index();
   void* p = cuda_rt::alloc(nbytes, idx);
@@ -84,11 +130,31 @@ double Tensor::item_double() const {
   return to_vector<double>()[0];
 }
 
+int64_t Tensor::item_int64() const {
+  BB_CHECK(numel() == 1, ShapeError, "item: tensor of shape {} has {} elements, expected 1",
+           shape_str(shape()), numel());
+  if (!is_floating(dtype())) return to_vector<int64_t>()[0];  // exact: integers never pass through double
+  const double v = item_double();
+  BB_CHECK(v >= -9223372036854775808.0 && v < 9223372036854775808.0, ValueError,
+           "item: the {} value {} has no int64 value (NaN, infinities and values outside int64's range)",
+           dtype_name(dtype()), v);
+  return static_cast<int64_t>(v);
+}
+
+void Tensor::item_out_of_range(int64_t v, size_t bytes, bool is_unsigned) const {
+  throw ValueError(fmt::format("item: the value {} of a {} tensor does not fit in a {}-bit {} integer", v,
+                               dtype_name(dtype()), 8 * bytes, is_unsigned ? "unsigned" : "signed"));
+}
+
 template <typename T>
 std::vector<T> Tensor::to_vector() const {
   Tensor c = detach().to(Device::cpu(), dtype_of<T>::value).contiguous();
   const T* p = c.data<T>();
-  return std::vector<T>(p, p + c.numel());
+  try {
+    return std::vector<T>(p, p + c.numel());
+  } catch (const std::bad_alloc&) {
+    throw Error(fmt::format("to_vector: out of host memory copying {} elements", c.numel()));
+  }
 }
 template std::vector<float> Tensor::to_vector<float>() const;
 template std::vector<double> Tensor::to_vector<double>() const;
@@ -161,7 +227,8 @@ Shape infer_shape(const Shape& shape, int64_t numel, const char* op, const Shape
       infer = static_cast<int64_t>(i);
     } else {
       BB_CHECK(s[i] >= 0, ShapeError, "{}: negative size in {}", op, shape_str(shape));
-      known *= s[i];
+      BB_CHECK(!__builtin_mul_overflow(known, s[i], &known), ShapeError,
+               "{}: the sizes in {} multiply past int64", op, shape_str(shape));
     }
   }
   if (infer >= 0) {
@@ -242,9 +309,10 @@ Tensor Tensor::permute(const Shape& dims) const {
 
 Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   int64_t a = wrap_dim(d, dim(), "narrow");
-  BB_CHECK(start >= 0 && length >= 0 && start + length <= shape()[a], IndexError,
-           "narrow: range [{}, {}) out of bounds for dim {} of a tensor of shape {}", start, start + length, a,
-           shape_str(shape()));
+  // length <= size - start rather than start + length <= size: the sum may overflow.
+  BB_CHECK(start >= 0 && length >= 0 && start <= shape()[a] && length <= shape()[a] - start, IndexError,
+           "narrow: start {} and length {} out of bounds for dim {} of a tensor of shape {}", start, length,
+           a, shape_str(shape()));
   Shape s = shape();
   s[a] = length;
   Tensor out = make_view(*this, s, strides(), offset() + start * strides()[a]);
@@ -311,18 +379,22 @@ Tensor Tensor::expand(const Shape& shape_in) const {
   Shape s(shape_in.size()), st(shape_in.size());
   for (size_t i = 0; i < shape_in.size(); ++i) {
     if (i < lead) {
-      BB_CHECK(shape_in[i] >= 0, ShapeError, "expand: bad size in {}", shape_str(shape_in));
+      BB_CHECK(shape_in[i] >= 0, ShapeError, "expand: negative size {} for the new leading dim {} in {}",
+               shape_in[i], i, shape_str(shape_in));
       s[i] = shape_in[i];
       st[i] = 0;
       continue;
     }
     int64_t cur = shape()[i - lead];
     int64_t want = shape_in[i] == -1 ? cur : shape_in[i];
+    BB_CHECK(want >= 0, ShapeError, "expand: negative size {} in {} (only -1, keep the size, is allowed)",
+             shape_in[i], shape_str(shape_in));
     BB_CHECK(cur == want || cur == 1, ShapeError, "expand: cannot expand {} to {}", shape_str(shape()),
              shape_str(shape_in));
     s[i] = want;
     st[i] = cur == want ? strides()[i - lead] : 0;
   }
+  shape_numel(s);  // throws when the element count overflows int64
   Tensor out = make_view(*this, s, st, offset());
   Shape in_shape = shape();
   autograd::record("expand", out, {*this}, [in_shape](const Tensor& g) -> std::vector<Tensor> {
@@ -336,7 +408,8 @@ Tensor Tensor::expand(const Shape& shape_in) const {
 namespace {
 // A differentiable copy into a fresh tensor of `dtype` on `device`.
 Tensor copy_to(const Tensor& src, Device device, DType dtype, const char* op) {
-  Tensor out = empty(src.shape(), {dtype, device});
+  detail::check_float_to_int(op, src, dtype);
+  Tensor out = detail::empty_for(op, src.shape(), {dtype, device});
   if (src.device().is_cpu() && device.is_cpu()) {
     cpu::copy(out, src);
   } else if (src.device() == device) {
@@ -391,45 +464,104 @@ void check_inplace(const Tensor& t, const char* op) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   check_inplace(*this, "copy_");
+  detail::check_defined("copy_", {&src});
   BB_CHECK(broadcast_shapes(shape(), src.shape(), "copy_") == shape(), ShapeError,
            "copy_: source of shape {} does not broadcast to {}", shape_str(src.shape()), shape_str(shape()));
+  detail::check_writable("copy_", *this);
+  detail::check_float_to_int("copy_", src, dtype());
   if (is_cpu() && src.is_cpu()) {
-    cpu::copy(*this, src);
+    cpu::copy(*this, detail::unalias(*this, src));
   } else if (is_cpu()) {
     cpu::copy(*this, src.to(Device::cpu()));  // from the GPU: bring it over, then a strided CPU copy
   } else {
     // Onto this GPU first (a no-op when it is there), then a strided, casting,
     // broadcasting copy there.
-    Tensor s = src.device() == device() ? src : src.to(device());
+    Tensor s = src.device() == device() ? detail::unalias(*this, src) : src.to(device());
     BB_GPU("copy_", *this, gpu::copy(*this, s));
   }
+  bump_version();
   return *this;
 }
 
-Tensor& Tensor::fill_(double value) {
+namespace {
+// Writes `value` into every element of `t` (any layout, any device), exactly: an
+// integer beyond 2^53 would lose its low bits on the way through double, so it goes
+// through a one-element i64 tensor instead.
+void fill_exact(const Tensor& t, const Scalar& value, const char* op) {
+  detail::check_scalar_for(op, value, t.dtype());
+  if (t.numel() == 0) return;
+  if (value.is_integral() && (t.dtype() == DType::I64 || t.dtype() == DType::I32)) {
+    const int64_t v = value.to_int64();
+    if (v > (int64_t{1} << 53) || v < -(int64_t{1} << 53)) {
+      Tensor src = from_vector<int64_t>({v}, {});
+      if (t.is_cpu())
+        cpu::copy(t, src);
+      else
+        BB_GPU(op, t, gpu::copy(t, src.to(t.device())));
+      return;
+    }
+  }
+  const double d = value.to_double();
+  if (t.is_cpu())
+    cpu::fill(t, d);
+  else
+    BB_GPU(op, t, gpu::fill(t, d));
+}
+}  // namespace
+
+Tensor& Tensor::fill_(Scalar value) {
   check_inplace(*this, "fill_");
-  if (is_cpu()) cpu::fill(*this, value);
-  else BB_GPU("fill_", *this, gpu::fill(*this, value));
+  // Every element gets the same value, so an expanded view is fine (as in PyTorch).
+  fill_exact(*this, value, "fill_");
+  bump_version();
   return *this;
 }
 
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace(*this, "add_");
+  detail::check_defined("add_", {&other});
   BB_CHECK(other.dtype() == dtype(), DTypeError, "add_: dtypes differ: self is {}, other is {}", dtype_name(dtype()),
            dtype_name(other.dtype()));
   BB_CHECK(other.device() == device(), DeviceError, "add_: tensors on different devices: self {} on {}, other {} on {}",
            shape_str(shape()), device().str(), shape_str(other.shape()), other.device().str());
   BB_CHECK(broadcast_shapes(shape(), other.shape(), "add_") == shape(), ShapeError,
            "add_: other of shape {} does not broadcast to {}", shape_str(other.shape()), shape_str(shape()));
-  if (is_cpu()) cpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha);
-  else BB_GPU("add_", *this, gpu::binary(cpu::BinaryOp::Add, *this, *this, other, alpha));
+  BB_CHECK(is_floating(dtype()) || (alpha == std::trunc(alpha) && std::abs(alpha) < 9223372036854775808.0),
+           DTypeError, "add_: alpha {} is not an integer, so the result cannot be stored in the {} tensor {}",
+           alpha, dtype_name(dtype()), shape_str(shape()));
+  detail::check_writable("add_", *this);
+  Tensor o = detail::unalias(*this, other);
+  if (is_cpu())
+    cpu::binary(cpu::BinaryOp::Add, *this, *this, o, alpha);
+  else
+    BB_GPU("add_", *this, gpu::binary(cpu::BinaryOp::Add, *this, *this, o, alpha));
+  bump_version();
   return *this;
 }
 
-Tensor& Tensor::mul_(double value) {
+Tensor& Tensor::mul_(Scalar value) {
   check_inplace(*this, "mul_");
-  if (is_cpu()) cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value);
-  else BB_GPU("mul_", *this, gpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value));
+  detail::check_writable("mul_", *this);
+  if (is_floating(dtype())) {
+    if (is_cpu())
+      cpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value.to_double());
+    else
+      BB_GPU("mul_", *this, gpu::unary(cpu::UnaryOp::MulScalar, *this, *this, value.to_double()));
+  } else {
+    BB_CHECK(
+        !value.is_floating() && dtype() != DType::Bool, DTypeError,
+        "mul_: the product of the {} tensor {} and the scalar {} is {}, which cannot be stored in place (use "
+        "mul() or to() first)",
+        dtype_name(dtype()), shape_str(shape()), value.str(),
+        dtype_name(detail::promote_scalar(*this, value)));
+    // Exact integer arithmetic: the binary kernel computes integers in int64.
+    Tensor s = scalar_tensor(value, {dtype(), device()});
+    if (is_cpu())
+      cpu::binary(cpu::BinaryOp::Mul, *this, *this, s, 1.0);
+    else
+      BB_GPU("mul_", *this, gpu::binary(cpu::BinaryOp::Mul, *this, *this, s, 1.0));
+  }
+  bump_version();
   return *this;
 }
 
@@ -502,64 +634,163 @@ Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
 Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
 Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
-Tensor operator+(const Tensor& a, double b) { return add(a, b); }
-Tensor operator-(const Tensor& a, double b) { return add(a, -b); }
-Tensor operator*(const Tensor& a, double b) { return mul(a, b); }
-Tensor operator/(const Tensor& a, double b) { return mul(a, 1.0 / b); }
-Tensor operator+(double a, const Tensor& b) { return add(b, a); }
-Tensor operator-(double a, const Tensor& b) { return rsub(b, a); }
-Tensor operator*(double a, const Tensor& b) { return mul(b, a); }
-Tensor operator/(double a, const Tensor& b) { return rdiv(b, a); }
+Tensor operator+(const Tensor& a, Scalar b) { return add(a, b); }
+Tensor operator-(const Tensor& a, Scalar b) { return sub(a, b); }
+Tensor operator*(const Tensor& a, Scalar b) { return mul(a, b); }
+Tensor operator/(const Tensor& a, Scalar b) {
+  detail::check_defined("div", {&a});
+  // A floating tensor multiplies by the reciprocal (what training has always computed);
+  // an integer one is divided truly, in f32.
+  if (is_floating(a.dtype())) return mul(a, 1.0 / b.to_double());
+  Tensor af = a.to(DType::F32);
+  return div(af, full({}, b, {DType::F32, a.device()}));
+}
+Tensor operator+(Scalar a, const Tensor& b) { return add(b, a); }
+Tensor operator-(Scalar a, const Tensor& b) { return rsub(b, a); }
+Tensor operator*(Scalar a, const Tensor& b) { return mul(b, a); }
+Tensor operator/(Scalar a, const Tensor& b) { return rdiv(b, a); }
 Tensor operator-(const Tensor& a) { return neg(a); }
 std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
 
 // ---- factories -------------------------------------------------------------------------
 
-Tensor empty(const Shape& shape, TensorOptions opts) {
-  for (auto d : shape) BB_CHECK(d >= 0, ShapeError, "empty: negative size in {}", shape_str(shape));
-  auto im = std::make_shared<TensorImpl>();
-  im->storage = Storage::allocate(static_cast<size_t>(shape_numel(shape)) * dtype_size(opts.dtype), opts.device);
-  im->shape = shape;
-  im->strides = contiguous_strides(shape);
-  im->dtype = opts.dtype;
-  Tensor t(im);
-  if (opts.requires_grad) t.requires_grad_(true);
-  return t;
-}
+Tensor empty(const Shape& shape, TensorOptions opts) { return detail::empty_for("empty", shape, opts); }
 
-Tensor full(const Shape& shape, double value, TensorOptions opts) {
-  Tensor t = empty(shape, {opts.dtype, opts.device});
-  if (t.is_cpu()) cpu::fill(t, value);
-  else BB_GPU("full", t, gpu::fill(t, value));
+namespace {
+Tensor full_for(const char* op, const Shape& shape, const Scalar& value, const TensorOptions& opts) {
+  detail::check_scalar_for(op, value, opts.dtype);
+  Tensor t = detail::empty_for(op, shape, {opts.dtype, opts.device});
+  fill_exact(t, value, op);
   if (opts.requires_grad) t.requires_grad_(true);
   return t;
 }
-Tensor zeros(const Shape& shape, TensorOptions opts) { return full(shape, 0.0, opts); }
-Tensor ones(const Shape& shape, TensorOptions opts) { return full(shape, 1.0, opts); }
+}  // namespace
+
+Tensor full(const Shape& shape, Scalar value, TensorOptions opts) {
+  return full_for("full", shape, value, opts);
+}
+Tensor full(const Shape& shape, Scalar value) { return full(shape, value, {default_dtype_for(value)}); }
+Tensor zeros(const Shape& shape, TensorOptions opts) { return full_for("zeros", shape, 0, opts); }
+Tensor ones(const Shape& shape, TensorOptions opts) { return full_for("ones", shape, 1, opts); }
 Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), t.options()); }
 Tensor ones_like(const Tensor& t) { return ones(t.shape(), t.options()); }
 Tensor empty_like(const Tensor& t) { return empty(t.shape(), t.options()); }
-Tensor scalar_tensor(double value, TensorOptions opts) { return full({}, value, opts); }
+Tensor scalar_tensor(Scalar value, TensorOptions opts) { return full({}, value, opts); }
 
-Tensor arange(double start, double end, double step, TensorOptions opts) {
-  BB_CHECK(std::isfinite(start) && std::isfinite(end) && std::isfinite(step), ValueError,
-           "arange: start={} end={} step={} must be finite", start, end, step);
-  BB_CHECK(step != 0 && (end - start) / step >= 0, ValueError, "arange: bad range start={} end={} step={}", start, end,
-           step);
-  auto n = static_cast<int64_t>(std::ceil((end - start) / step));
-  std::vector<double> v(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = start + static_cast<double>(i) * step;
-  return from_vector(v, {n}, opts);
+namespace {
+DType arange_dtype(const Scalar& start, const Scalar& end, const Scalar& step) {
+  return start.is_floating() || end.is_floating() || step.is_floating() ? DType::F32 : DType::I64;
 }
-Tensor arange(int64_t end, TensorOptions opts) { return arange(0.0, static_cast<double>(end), 1.0, opts); }
+
+// Fills t [n] (CPU, contiguous) with start + i * step: integers exactly, floating values
+// computed in double and rounded once into T.
+template <typename T, typename V>
+void arange_fill(const Tensor& t, V start, V step) {
+  T* p = static_cast<T*>(t.data_ptr());
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_integral_v<V>) {
+      // In uint64, which wraps instead of overflowing: each true value is in range, the
+      // partial product i * step need not be.
+      const uint64_t v =
+          static_cast<uint64_t>(start) + static_cast<uint64_t>(i) * static_cast<uint64_t>(step);
+      p[i] = static_cast<T>(static_cast<int64_t>(v));
+    } else {
+      const double v = start + static_cast<double>(i) * step;
+      if constexpr (std::is_same_v<T, double>)
+        p[i] = v;
+      else
+        p[i] = T(static_cast<float>(v));
+    }
+  }
+}
+}  // namespace
+
+Tensor arange(Scalar start, Scalar end, Scalar step, TensorOptions opts) {
+  const char* op = "arange";
+  const DType dt = opts.dtype;
+  BB_CHECK(dt != DType::Bool, DTypeError, "arange: not defined for bool (start={} end={} step={})",
+           start.str(), end.str(), step.str());
+  const bool exact = !start.is_floating() && !end.is_floating() && !step.is_floating();
+  int64_t n = 0;
+  if (exact) {
+    // Integers: the count in 128 bits, so no difference or quotient can overflow.
+    const __int128 a = start.to_int64(), b = end.to_int64(), s = step.to_int64();
+    BB_CHECK(s != 0, ValueError, "arange: step must not be zero (start={} end={})", start.str(), end.str());
+    BB_CHECK((b - a == 0) || ((b - a > 0) == (s > 0)), ValueError,
+             "arange: the step {} goes away from end {} (start {})", step.str(), end.str(), start.str());
+    const __int128 count = s > 0 ? (b - a + s - 1) / s : (a - b + (-s) - 1) / (-s);
+    BB_CHECK(count <= std::numeric_limits<int64_t>::max(), ValueError,
+             "arange: start={} end={} step={} gives more elements than int64 can count", start.str(),
+             end.str(), step.str());
+    n = static_cast<int64_t>(count);
+  } else {
+    const double a = start.to_double(), b = end.to_double(), s = step.to_double();
+    BB_CHECK(std::isfinite(a) && std::isfinite(b) && std::isfinite(s), ValueError,
+             "arange: start={} end={} step={} must be finite", start.str(), end.str(), step.str());
+    BB_CHECK(s != 0 && (b - a) / s >= 0, ValueError, "arange: bad range start={} end={} step={}", start.str(),
+             end.str(), step.str());
+    BB_CHECK(!is_integral(dt), DTypeError,
+             "arange: start={} end={} step={} are not all integers, but the dtype is {} (pass a "
+             "floating dtype, or integer arguments)",
+             start.str(), end.str(), step.str(), dtype_name(dt));
+    const double count = std::ceil((b - a) / s);
+    // Compared before the cast: a count past int64 is undefined behaviour to convert.
+    BB_CHECK(count < 9223372036854775808.0, ValueError,
+             "arange: start={} end={} step={} gives {} elements, more than int64 can count", start.str(),
+             end.str(), step.str(), count);
+    n = static_cast<int64_t>(count);
+  }
+  // Computed on the host in the target dtype, then moved.
+  Tensor t = detail::empty_for(op, {n}, {dt, Device::cpu()});
+  if (exact && is_integral(dt)) {
+    const int64_t a = start.to_int64(), s = step.to_int64();
+    if (dt == DType::I32) {
+      // The first and the last values are the extremes; both must fit.
+      const __int128 last = static_cast<__int128>(a) + static_cast<__int128>(n > 0 ? n - 1 : 0) * s;
+      for (__int128 v : {static_cast<__int128>(a), last})
+        BB_CHECK(
+            n == 0 || (v >= std::numeric_limits<int32_t>::min() && v <= std::numeric_limits<int32_t>::max()),
+            ValueError, "arange: start={} end={} step={} has values outside i32", start.str(), end.str(),
+            step.str());
+      arange_fill<int32_t>(t, a, s);
+    } else {
+      arange_fill<int64_t>(t, a, s);
+    }
+  } else {
+    const double a = start.to_double(), s = step.to_double();
+    switch (dt) {
+      case DType::F32: arange_fill<float>(t, a, s); break;
+      case DType::F64: arange_fill<double>(t, a, s); break;
+      case DType::BF16: arange_fill<BFloat16>(t, a, s); break;
+      case DType::F16: arange_fill<Half>(t, a, s); break;
+      default: throw DTypeError(fmt::format("arange: unexpected dtype {}", dtype_name(dt)));
+    }
+  }
+  if (!opts.device.is_cpu()) t = t.to(opts.device);
+  if (opts.requires_grad) t.requires_grad_(true);
+  return t;
+}
+Tensor arange(Scalar start, Scalar end, Scalar step) {
+  return arange(start, end, step, {arange_dtype(start, end, step)});
+}
+Tensor arange(Scalar end) { return arange(0, end, 1); }
+Tensor arange(Scalar end, TensorOptions opts) { return arange(0, end, 1, opts); }
 
 template <typename T>
 Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts) {
+  detail::check_shape("from_vector", shape, opts.dtype);
   BB_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), ShapeError,
            "from_vector: {} values for shape {} ({} elements)", values.size(), shape_str(shape), shape_numel(shape));
+  if constexpr (std::is_floating_point_v<T> || std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
+    if (opts.dtype == DType::I32 || opts.dtype == DType::I64) {
+      for (size_t i = 0; i < values.size(); ++i)
+        detail::check_scalar_for("from_vector", values[i], opts.dtype);
+    }
+  }
   // Wrap the host data without a copy, then convert (copy) into the requested tensor.
   Tensor src = from_blob(const_cast<T*>(values.data()), shape, dtype_of<T>::value);
-  Tensor out = empty(shape, {opts.dtype, Device::cpu()});
+  Tensor out = detail::empty_for("from_vector", shape, {opts.dtype, Device::cpu()});
   cpu::copy(out, src);
   if (opts.device.is_cuda()) out = out.to(opts.device);
   if (opts.requires_grad) out.requires_grad_(true);
@@ -578,6 +809,9 @@ Tensor from_vector<bool>(const std::vector<bool>& values, const Shape& shape, Te
 }
 
 Tensor from_blob(void* data, const Shape& shape, DType dtype, Device device) {
+  detail::check_shape("from_blob", shape, dtype);
+  BB_CHECK(data != nullptr || shape_numel(shape) == 0, ValueError,
+           "from_blob: null data for a tensor of shape {}", shape_str(shape));
   auto im = std::make_shared<TensorImpl>();
   im->storage = std::make_shared<Storage>(data, static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device,
                                           nullptr);

@@ -47,11 +47,17 @@ inline float vec_expf(float x) {
   x = x > 88.0f ? 88.0f : x;  // selects, not std::min/max: they vectorise
   x = x < -87.0f ? -87.0f : x;
   float t = x * 1.4426950408889634f;  // x / ln 2
-  // Round to nearest by the 1.5 * 2^23 trick: SSE2 has no floor instruction.
-  float k = (t + 12582912.0f) - 12582912.0f;
+  // Round to nearest by the 1.5 * 2^23 trick: SSE2 has no floor instruction. The sum's
+  // low mantissa bits then hold k itself, which gives 2^k by integer arithmetic with no
+  // float-to-int conversion (undefined for the NaN that passes the clamps above; a NaN
+  // still comes out, through p).
+  const float kr = t + 12582912.0f;
+  const float k = kr - 12582912.0f;
   float f = (t - k) * 0.6931471805599453f;  // in [-ln2/2, ln2/2]
   float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120 + f * (1.0f / 720))))));
-  int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  uint32_t kbits;
+  std::memcpy(&kbits, &kr, 4);
+  const uint32_t bits = (kbits - 0x4B400000u + 127u) << 23;  // (k + 127) << 23, k in [-126, 127]
   float scale;
   std::memcpy(&scale, &bits, 4);
   return p * scale;
@@ -121,12 +127,25 @@ inline A unary_grad(UnaryOp op, A x) {
   }
 }
 
+// Integer add, sub and mul wrap on overflow (two's complement, as PyTorch): computed in
+// the unsigned type, where wrapping is defined, instead of signed overflow (undefined).
+template <typename A>
+inline A wrapping(BinaryOp op, A a, A b) {
+  if constexpr (std::is_integral_v<A>) {
+    using U = std::make_unsigned_t<A>;
+    const U x = static_cast<U>(a), y = static_cast<U>(b);
+    return static_cast<A>(op == BinaryOp::Add ? x + y : op == BinaryOp::Sub ? x - y : x * y);
+  } else {
+    return op == BinaryOp::Add ? a + b : op == BinaryOp::Sub ? a - b : a * b;
+  }
+}
+
 template <typename A>
 inline A apply_binary(BinaryOp op, A a, A b) {
   switch (op) {
-    case BinaryOp::Add: return a + b;
-    case BinaryOp::Sub: return a - b;
-    case BinaryOp::Mul: return a * b;
+    case BinaryOp::Add: return wrapping(BinaryOp::Add, a, b);
+    case BinaryOp::Sub: return wrapping(BinaryOp::Sub, a, b);
+    case BinaryOp::Mul: return wrapping(BinaryOp::Mul, a, b);
     case BinaryOp::Div: return a / b;
     case BinaryOp::Pow:
       if constexpr (std::is_integral_v<A>) return static_cast<A>(std::pow(static_cast<double>(a), static_cast<double>(b)));
@@ -209,7 +228,8 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
           for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(OP, A(x[i]), yv));
         } else {
           for (int64_t i = 0; i < n; ++i)
-            o[i * st[0]] = convert<O>(apply_binary<A>(OP, A(x[i * st[1]]), al * A(y[i * st[2]])));
+            o[i * st[0]] = convert<O>(
+                apply_binary<A>(OP, A(x[i * st[1]]), wrapping(BinaryOp::Mul, al, A(y[i * st[2]]))));
         }
       });
     };

@@ -89,6 +89,7 @@ void check_reducible(const char* op, const Tensor& t, ReduceOp rop) {
 WorkPtr ProcessGroup::all_reduce(const Tensor& tensor, ReduceOp op) {
   check_tensor("all_reduce", "input", tensor);
   check_reducible("all_reduce", tensor, op);
+  tensor.bump_version();  // written in place: a copy autograd saved must not be read after this
   return do_all_reduce(tensor.detach(), op);
 }
 
@@ -96,6 +97,7 @@ WorkPtr ProcessGroup::broadcast(const Tensor& tensor, int root) {
   check_tensor("broadcast", "input", tensor);
   BB_CHECK(root >= 0 && root < size_, ValueError, "broadcast: root {} outside a group of size {}", root,
            size_);
+  tensor.bump_version();
   return do_broadcast(tensor.detach(), root);
 }
 
@@ -114,6 +116,7 @@ WorkPtr ProcessGroup::reduce_scatter(const Tensor& output, const Tensor& input, 
       output.numel());
   BB_CHECK(!output.same(input) && output.data_ptr() != input.data_ptr(), ValueError,
            "reduce_scatter: output and input must not share memory");
+  output.bump_version();
   return do_reduce_scatter(output.detach(), input.detach(), op);
 }
 
@@ -131,6 +134,7 @@ WorkPtr ProcessGroup::all_gather(const Tensor& output, const Tensor& input) {
       input.numel());
   BB_CHECK(output.numel() == 0 || output.data_ptr() != input.data_ptr(), ValueError,
            "all_gather: output and input must not share memory");
+  output.bump_version();
   return do_all_gather(output.detach(), input.detach());
 }
 

@@ -36,10 +36,12 @@ Tensor causal_keep(int64_t Tq, int64_t Tk, Device device) {
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 16) cache.clear();  // a bound, for programs that vary T a lot
-  std::vector<int32_t> m(static_cast<size_t>(Tq * Tk));
+  // Built in place on the host, one byte per element (no temporary of ints).
+  Tensor keep = detail::empty_for(kOp, {Tq, Tk}, {DType::Bool, Device::cpu()});
+  bool* m = keep.data<bool>();
   for (int64_t i = 0; i < Tq; ++i)
-    for (int64_t j = 0; j < Tk; ++j) m[static_cast<size_t>(i * Tk + j)] = j <= i + (Tk - Tq);
-  Tensor keep = from_vector(m, {Tq, Tk}, {DType::Bool, device});
+    for (int64_t j = 0; j < Tk; ++j) m[i * Tk + j] = j <= i + (Tk - Tq);
+  if (device.is_cuda()) keep = keep.to(device);
   cache.emplace(key, keep);
   return keep;
 }
@@ -140,17 +142,19 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
   fused_forward(flash, o, lse, q, k, v, causal, s);
   AttentionOutput r{o, lse};
   Tensor od = o.detach();
-  autograd::record(flash ? "scaled_dot_product_attention (flash)" : "scaled_dot_product_attention (cudnn)", r.out,
-                   {q_in, k_in, v_in},
-                   [q, k, v, od, lse, causal, s, flash, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
-                     Tensor go = g.dtype() == q.dtype() ? g : g.to(q.dtype());
-                     go = fused_layout(go);
-                     Tensor dq = bthd(B, H, Tq, D, q.options());
-                     Tensor dk = bthd(B, H, Tk, D, q.options());
-                     Tensor dv = bthd(B, H, Tk, D, q.options());
-                     fused_backward(flash, dq, dk, dv, go, q, k, v, od, lse, causal, s);
-                     return {dq, dk, dv};
-                   });
+  autograd::record(
+      flash ? "scaled_dot_product_attention (flash)" : "scaled_dot_product_attention (cudnn)", r.out,
+      {q_in, k_in, v_in},
+      [q, k, v, od, lse, causal, s, flash, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
+        Tensor go = g.dtype() == q.dtype() ? g : g.to(q.dtype());
+        go = fused_layout(go);
+        Tensor dq = bthd(B, H, Tq, D, q.options());
+        Tensor dk = bthd(B, H, Tk, D, q.options());
+        Tensor dv = bthd(B, H, Tk, D, q.options());
+        fused_backward(flash, dq, dk, dv, go, q, k, v, od, lse, causal, s);
+        return {dq, dk, dv};
+      },
+      {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&od, "result"}});
   return r;
 }
 

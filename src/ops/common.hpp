@@ -61,4 +61,39 @@ inline void require_cpu(const char* op, const Tensor& t) {
 
 namespace barbell::detail {
 
+// ---- src/core/checks.cpp ------------------------------------------------------------
+
+// empty() for `op`: sizes checked (no negatives, element count and bytes within range),
+// and an allocation that cannot be made throws barbell::Error naming `op`, the shape
+// and the bytes asked for.
+Tensor empty_for(const char* op, const Shape& shape, TensorOptions opts);
+// Throws ShapeError naming `op` when a size is negative or the element count or byte
+// count of `shape` in `dtype` overflows.
+void check_shape(const char* op, const Shape& shape, DType dtype);
+
+// The conversion rule for values stored into a dtype (to(), copy_, full, fill_, item):
+// into an integer dtype a floating value is truncated toward zero, and NaN, infinities
+// and values outside the dtype's range throw ValueError; an integer outside the range
+// throws too. Into a floating dtype a finite value beyond its largest finite value
+// throws (as PyTorch's fill). Into bool anything goes (nonzero is true).
+void check_scalar_for(const char* op, const Scalar& value, DType dtype);
+// The same rule for every element of a floating `src` converted to the integer `dst`:
+// one reduction on src's device, and a look at the host only to name a bad value.
+void check_float_to_int(const char* op, const Tensor& src, DType dst);
+// `t op s`'s dtype by PyTorch's rule (see ops.hpp): a floating tensor keeps its dtype;
+// an integer or bool tensor with a floating scalar gives f32; an integer tensor with an
+// integer or bool scalar keeps its dtype; a bool tensor with an integer scalar gives i64.
+DType promote_scalar(const Tensor& t, const Scalar& s);
+
+// Memory overlap. A write into `out` where several elements share one memory location
+// (an expanded view, stride 0) would write one element several times: throws ValueError
+// naming `op`.
+void check_writable(const char* op, const Tensor& out);
+// `in`, or a copy of it when it may share memory with `out` in another layout (a read
+// after a write of the same location would see the new value): what an in-place op
+// reads its inputs through.
+Tensor unalias(const Tensor& out, const Tensor& in);
+// Whether the bytes `a` and `b` span intersect (a cheap test, before the exact one).
+bool may_overlap(const Tensor& a, const Tensor& b);
+
 }  // namespace barbell::detail

@@ -11,6 +11,9 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   Shape cs(a.shape().begin(), a.shape().end() - 1);
   cs.push_back(b.shape().back());
   detail::check_same_dtype("matmul", a, b);
+  // No rows, no columns or an empty inner dim: a legal product the BLAS calls cannot
+  // express (their leading dimensions would be 0). An empty sum is 0.
+  if (shape_numel(cs) == 0 || a.shape().back() == 0) return zeros(cs, a.options());
   if (!a.is_cpu()) {
     // cuBLASLt multiplies 16-bit operands with fp32 accumulation, transposes through
     // strides; only batch layouts it cannot express are made contiguous.
@@ -75,12 +78,14 @@ Tensor matmul(const Tensor& a_in, const Tensor& b_in) {
   }
   Tensor ad = a.detach(), bd = b.detach();
   bool ga = a.requires_grad(), gb = b.requires_grad();
-  autograd::record("matmul", out, {a, b}, [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
-    Tensor da, db;
-    if (ga) da = sum_to(matmul(g, bd.transpose(-1, -2)), ad.shape());
-    if (gb) db = sum_to(matmul(ad.transpose(-1, -2), g), bd.shape());
-    return {da, db};
-  });
+  autograd::record("matmul", out, {a, b},
+                   [ad, bd, ga, gb](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor da, db;
+                     if (ga) da = sum_to(matmul(g, bd.transpose(-1, -2)), ad.shape());
+                     if (gb) db = sum_to(matmul(ad.transpose(-1, -2), g), bd.shape());
+                     return {da, db};
+                   },
+                   {{&ad, "input 0"}, {&bd, "input 1"}});
   return out;
 }
 
@@ -101,14 +106,21 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   }
   const int64_t in = w.shape()[1], outf = w.shape()[0];
   Shape ys(x.shape().begin(), x.shape().end() - 1);
+  // The row count spelled out: reshape cannot infer a -1 next to a 0.
+  const int64_t rows = shape_numel(ys);
   ys.push_back(outf);
   Tensor y;
   {
     NoGradGuard g;
-    Tensor x2 = x.reshape({-1, in});
-    if (x.is_cpu()) {
+    Tensor x2 = x.reshape({rows, in});
+    if (x.is_cpu() || x2.numel() == 0 || outf == 0) {  // matmul_nd handles the empty products
       y = matmul_nd(x2, w.t());
-      if (bias.defined()) cpu::add_bias(y, bias.contiguous());
+      if (bias.defined() && y.numel() > 0) {
+        if (y.is_cpu())
+          cpu::add_bias(y, bias.contiguous());
+        else
+          y = add(y, bias);
+      }
     } else {
       // One cuBLASLt call with the bias fused into its epilogue.
       BB_GPU("linear", x, {
@@ -125,20 +137,23 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   bool gx = x.requires_grad(), gw = w.requires_grad(), gbias = bias.defined() && bias.requires_grad();
   std::vector<Tensor> inputs = {x, w};
   if (bias.defined()) inputs.push_back(bias);
-  autograd::record("linear", y, inputs, [xd, wd, gx, gw, gbias, in, outf](const Tensor& g) -> std::vector<Tensor> {
-    Tensor g2 = g.reshape({-1, outf});
-    std::vector<Tensor> r(3);
-    if (gx) r[0] = matmul_nd(g2, wd).view(xd.shape());
-    if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({-1, in}));
-    if (gbias) r[2] = sum(g2, {0});
-    return r;
-  });
+  autograd::record("linear", y, inputs,
+                   [xd, wd, gx, gw, gbias, in, outf, rows](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor g2 = g.reshape({rows, outf});
+                     std::vector<Tensor> r(3);
+                     if (gx) r[0] = matmul_nd(g2, wd).view(xd.shape());
+                     if (gw) r[1] = matmul_nd(g2.t(), xd.reshape({rows, in}));
+                     if (gbias) r[2] = sum(g2, {0});
+                     return r;
+                   },
+                   {{&xd, "input 0"}, {&wd, "weight"}});
   return y;
 }
 
 Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias) {
   detail::check_defined("linear_gelu", {&x, &w, &bias});
-  if (x.is_cpu() || !w.device().is_cuda() || x.dim() < 1) return gelu(linear(x, w, bias), GeluApprox::Tanh);
+  if (x.is_cpu() || !w.device().is_cuda() || x.dim() < 1 || x.numel() == 0 || w.numel() == 0)
+    return gelu(linear(x, w, bias), GeluApprox::Tanh);
   // linear's checks (the CPU path gets them from linear itself).
   detail::check_same_device("linear_gelu", x, w);
   detail::check_same_device("linear_gelu", x, bias);
@@ -170,17 +185,19 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Tensor xd = x2.detach(), wd = w.detach();
   Shape xs = x.shape();
   bool gx = x.requires_grad(), gw = w.requires_grad(), gb = bias.requires_grad();
-  autograd::record("linear_gelu", y, {x, w, bias}, [=](const Tensor& g) -> std::vector<Tensor> {
-    Tensor g2 = g.reshape({-1, outf}).contiguous();
-    if (g2.dtype() != pre.dtype()) g2 = g2.to(pre.dtype());
-    Tensor dpre = empty(pre.shape(), pre.options());
-    BB_GPU("linear_gelu", pre, gpu::unary_backward(gpu::UnaryOp::GeluTanh, dpre, g2, pre));
-    std::vector<Tensor> r(3);
-    if (gx) r[0] = matmul(dpre, wd).view(xs);
-    if (gw) r[1] = matmul(dpre.t(), xd);
-    if (gb) r[2] = sum(dpre, {0});
-    return r;
-  });
+  autograd::record("linear_gelu", y, {x, w, bias},
+                   [=](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor g2 = g.reshape({-1, outf}).contiguous();
+                     if (g2.dtype() != pre.dtype()) g2 = g2.to(pre.dtype());
+                     Tensor dpre = empty(pre.shape(), pre.options());
+                     BB_GPU("linear_gelu", pre, gpu::unary_backward(gpu::UnaryOp::GeluTanh, dpre, g2, pre));
+                     std::vector<Tensor> r(3);
+                     if (gx) r[0] = matmul(dpre, wd).view(xs);
+                     if (gw) r[1] = matmul(dpre.t(), xd);
+                     if (gb) r[2] = sum(dpre, {0});
+                     return r;
+                   },
+                   {{&xd, "input 0"}, {&wd, "weight"}});
   return y;
 }
 

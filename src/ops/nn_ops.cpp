@@ -48,14 +48,18 @@ Tensor embedding(const Tensor& ids_in, const Tensor& weight) {
   else BB_GPU("embedding", ids, gpu::embedding(out, ids, weight.contiguous()));
   Shape ws = weight.shape();
   DType wdt = weight.dtype();
-  autograd::record("embedding", out, {weight}, [ids, ws, wdt](const Tensor& g) -> std::vector<Tensor> {
-    Tensor dw = empty(ws, {wdt, g.device()});
-    Tensor gc = g.contiguous();
-    if (gc.dtype() != wdt) gc = gc.to(wdt);
-    if (ids.is_cpu()) cpu::embedding_backward(dw, gc, ids);
-    else BB_GPU("embedding", ids, gpu::embedding_backward(dw, gc, ids));
-    return {dw};
-  });
+  autograd::record("embedding", out, {weight},
+                   [ids, ws, wdt](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor dw = empty(ws, {wdt, g.device()});
+                     Tensor gc = g.contiguous();
+                     if (gc.dtype() != wdt) gc = gc.to(wdt);
+                     if (ids.is_cpu())
+                       cpu::embedding_backward(dw, gc, ids);
+                     else
+                       BB_GPU("embedding", ids, gpu::embedding_backward(dw, gc, ids));
+                     return {dw};
+                   },
+                   {{&ids, "ids"}});
   return out;
 }
 
@@ -81,21 +85,26 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& targets_in, int64_t 
       Tensor count = empty({}, {DType::F32, logits.device()});
       Tensor lse = empty({rows}, {ldt, logits.device()});
       gpu::cross_entropy(loss, count, lse, logits, targets, rows, V, ignore_index);
-      autograd::record("cross_entropy", loss, {logits_in}, [=](const Tensor& g) -> std::vector<Tensor> {
-        Tensor d = empty(logits.shape(), logits.options());
-        gpu::cross_entropy_backward(d, logits, targets, lse, g.contiguous(), count, rows, V, ignore_index);
-        return {d};
-      });
+      autograd::record("cross_entropy", loss, {logits_in},
+                       [=](const Tensor& g) -> std::vector<Tensor> {
+                         Tensor d = empty(logits.shape(), logits.options());
+                         gpu::cross_entropy_backward(d, logits, targets, lse, g.contiguous(), count, rows, V,
+                                                     ignore_index);
+                         return {d};
+                       },
+                       {{&logits, "input 0"}, {&targets, "targets"}});
       return loss;
     });
   }
   int64_t count = cpu::cross_entropy(loss, logits, targets, rows, V, ignore_index);
-  autograd::record("cross_entropy", loss, {logits_in}, [=](const Tensor& g) -> std::vector<Tensor> {
-    Tensor d = empty(logits.shape(), logits.options());
-    double scale = count > 0 ? g.item<double>() / double(count) : 0.0;
-    cpu::cross_entropy_backward(d, logits, targets, rows, V, ignore_index, scale);
-    return {d};
-  });
+  autograd::record("cross_entropy", loss, {logits_in},
+                   [=](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor d = empty(logits.shape(), logits.options());
+                     double scale = count > 0 ? g.item<double>() / double(count) : 0.0;
+                     cpu::cross_entropy_backward(d, logits, targets, rows, V, ignore_index, scale);
+                     return {d};
+                   },
+                   {{&logits, "input 0"}, {&targets, "targets"}});
   return loss;
 }
 

@@ -31,16 +31,21 @@ Tensor layer_norm(const Tensor& x_in, const Tensor& w, const Tensor& b, double e
   if (x.is_cpu()) cpu::layer_norm(y, mean, rstd, x, wc, bc, rows, n, eps);
   else BB_GPU("layer_norm", x, gpu::layer_norm(y, mean, rstd, x, wc, bc, rows, n, eps));
   bool gx = x_in.requires_grad(), gw = w.defined() && w.requires_grad(), gb = b.defined() && b.requires_grad();
-  autograd::record("layer_norm", y, {x_in, w, b}, [=](const Tensor& g) -> std::vector<Tensor> {
-    Tensor gc = g.contiguous();
-    if (gc.dtype() != x.dtype()) gc = gc.to(x.dtype());
-    Tensor dx = gx ? empty(x.shape(), x.options()) : Tensor();
-    Tensor dw = gw ? empty({n}, x.options()) : Tensor();
-    Tensor db = gb ? empty({n}, x.options()) : Tensor();
-    if (x.is_cpu()) cpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n);
-    else BB_GPU("layer_norm", x, gpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n));
-    return {dx, dw, db};
-  });
+  autograd::record("layer_norm", y, {x_in, w, b},
+                   [=](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor gc = g.contiguous();
+                     if (gc.dtype() != x.dtype()) gc = gc.to(x.dtype());
+                     Tensor dx = gx ? empty(x.shape(), x.options()) : Tensor();
+                     Tensor dw = gw ? empty({n}, x.options()) : Tensor();
+                     Tensor db = gb ? empty({n}, x.options()) : Tensor();
+                     if (x.is_cpu())
+                       cpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n);
+                     else
+                       BB_GPU("layer_norm", x,
+                              gpu::layer_norm_backward(dx, dw, db, gc, x, mean, rstd, wc, rows, n));
+                     return {dx, dw, db};
+                   },
+                   {{&x, "input 0"}, {&wc, "weight"}});
   return y;
 }
 
@@ -58,15 +63,19 @@ Tensor rms_norm(const Tensor& x_in, const Tensor& w, double eps) {
   if (x.is_cpu()) cpu::rms_norm(y, rstd, x, wc, rows, n, eps);
   else BB_GPU("rms_norm", x, gpu::rms_norm(y, rstd, x, wc, rows, n, eps));
   bool gx = x_in.requires_grad(), gw = w.defined() && w.requires_grad();
-  autograd::record("rms_norm", y, {x_in, w}, [=](const Tensor& g) -> std::vector<Tensor> {
-    Tensor gc = g.contiguous();
-    if (gc.dtype() != x.dtype()) gc = gc.to(x.dtype());
-    Tensor dx = gx ? empty(x.shape(), x.options()) : Tensor();
-    Tensor dw = gw ? empty({n}, x.options()) : Tensor();
-    if (x.is_cpu()) cpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n);
-    else BB_GPU("rms_norm", x, gpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n));
-    return {dx, dw};
-  });
+  autograd::record("rms_norm", y, {x_in, w},
+                   [=](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor gc = g.contiguous();
+                     if (gc.dtype() != x.dtype()) gc = gc.to(x.dtype());
+                     Tensor dx = gx ? empty(x.shape(), x.options()) : Tensor();
+                     Tensor dw = gw ? empty({n}, x.options()) : Tensor();
+                     if (x.is_cpu())
+                       cpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n);
+                     else
+                       BB_GPU("rms_norm", x, gpu::rms_norm_backward(dx, dw, gc, x, rstd, wc, rows, n));
+                     return {dx, dw};
+                   },
+                   {{&x, "input 0"}, {&wc, "weight"}});
   return y;
 }
 

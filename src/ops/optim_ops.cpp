@@ -1,11 +1,45 @@
 // The optimizer's fused ops: one AdamW step on a parameter, and the sum of squares
 // behind global-norm gradient clipping.
+#include <algorithm>
 #include <map>
 
 #include "cpu/cpu.hpp"
 #include "ops/common.hpp"
 
 namespace barbell {
+
+namespace {
+// The tensors an AdamW step writes must not share memory with each other or with the
+// gradient it reads: a parameter listed twice, or moments aliasing the parameter, would
+// be updated twice or read after being written.
+struct Written {
+  const Tensor* t;
+  const char* what;
+  size_t item;
+};
+void check_no_aliasing(const char* op, const std::vector<Written>& written,
+                       const std::vector<Written>& read) {
+  std::vector<const Written*> w;
+  for (const Written& x : written)
+    if (x.t->defined() && x.t->numel() > 0) w.push_back(&x);
+  std::sort(w.begin(), w.end(),
+            [](const Written* a, const Written* b) { return a->t->data_ptr() < b->t->data_ptr(); });
+  auto fail = [op](const Written& a, const Written& b) {
+    throw ValueError(
+        fmt::format("{}: the {} of parameter {} (shape {}) and the {} of parameter {} (shape {}) share "
+                    "memory (a tensor listed twice, or state aliasing a parameter)",
+                    op, a.what, a.item, shape_str(a.t->shape()), b.what, b.item, shape_str(b.t->shape())));
+  };
+  // Sorted by start, a written tensor can only overlap its successor first.
+  for (size_t i = 0; i + 1 < w.size(); ++i)
+    if (detail::may_overlap(*w[i]->t, *w[i + 1]->t)) fail(*w[i], *w[i + 1]);
+  for (const Written& r : read) {
+    if (!r.t->defined()) continue;
+    for (const Written& x : written)
+      if (x.item == r.item && x.t->defined() && detail::may_overlap(*x.t, *r.t)) fail(x, r);
+  }
+}
+}  // namespace
 
 void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWParams& p) {
   const char* op = "adamw_step_";
@@ -25,6 +59,8 @@ void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp
            "{}: moments must be {} for a {} parameter", op, dtype_name(state), dtype_name(param.dtype()));
   BB_CHECK(param.is_contiguous(), ShapeError, "{}: param {} must be contiguous", op, shape_str(param.shape()));
   BB_CHECK(p.step >= 1, ValueError, "{}: step is 1-based, got {}", op, p.step);
+  check_no_aliasing(op, {{&param, "param", 0}, {&exp_avg, "exp_avg", 0}, {&exp_avg_sq, "exp_avg_sq", 0}},
+                    {{&grad, "grad", 0}});
   if (param.is_cpu()) {
     cpu::adamw_step(param, grad, exp_avg, exp_avg_sq, p);
   } else {
@@ -33,6 +69,7 @@ void adamw_step_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp
       gpu::adamw_multi({it}, p.lr, p.beta1, p.beta2, p.eps);
     });
   }
+  for (const Tensor* t : {&param, &exp_avg, &exp_avg_sq}) t->bump_version();
 }
 
 void adamw_multi_step_(const std::vector<AdamWTensors>& items, double lr, double beta1, double beta2, double eps) {
@@ -63,6 +100,18 @@ void adamw_multi_step_(const std::vector<AdamWTensors>& items, double lr, double
     BB_CHECK(it.step >= 1, ValueError, "{}: step is 1-based, got {} for a parameter of shape {}", op, it.step,
              shape_str(it.param.shape()));
   }
+  {
+    std::vector<Written> written, read;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const AdamWTensors& it = items[i];
+      written.push_back({&it.param, "param", i});
+      written.push_back({&it.exp_avg, "exp_avg", i});
+      written.push_back({&it.exp_avg_sq, "exp_avg_sq", i});
+      written.push_back({&it.master, "master", i});
+      read.push_back({&it.grad, "grad", i});
+    }
+    check_no_aliasing(op, written, read);
+  }
   std::map<int, std::vector<gpu::AdamWItem>> on_gpu;
   for (const auto& it : items) {
     if (it.param.is_cpu()) {
@@ -82,6 +131,9 @@ void adamw_multi_step_(const std::vector<AdamWTensors>& items, double lr, double
   for (auto& [dev, list] : on_gpu) {
     BB_GPU(op, list.front().param, gpu::adamw_multi(list, lr, beta1, beta2, eps));
   }
+  for (const auto& it : items)
+    for (const Tensor* t : {&it.param, &it.exp_avg, &it.exp_avg_sq, &it.master})
+      if (t->defined()) t->bump_version();
 }
 
 double sum_of_squares(const std::vector<Tensor>& xs) {

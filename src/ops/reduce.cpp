@@ -1,6 +1,7 @@
 // Reductions: sum, mean, max, argmax over dims, sum_to (the inverse of broadcasting),
 // with their backward formulas.
 #include <algorithm>
+#include <limits>
 
 #include "cpu/cpu.hpp"
 #include "ops/common.hpp"
@@ -53,12 +54,44 @@ ReduceLayout layout(const Tensor& x, const Shape& dims_in, bool keepdim, const c
   return L;
 }
 
+// Integer and bool sums, exactly: accumulated on the host in 128 bits, which no int64
+// inputs can overflow (a GPU tensor makes a round trip; the device kernels accumulate in
+// float). A total outside int64 throws instead of wrapping.
+template <typename T>
+void int_sum_rows(const T* px, int64_t* po, int64_t A, int64_t R, int64_t I, const char* op,
+                  const Tensor& x) {
+  for (int64_t a = 0; a < A; ++a) {
+    for (int64_t i = 0; i < I; ++i) {
+      __int128 acc = 0;
+      for (int64_t r = 0; r < R; ++r) acc += static_cast<int64_t>(px[(a * R + r) * I + i]);
+      BB_CHECK(acc >= std::numeric_limits<int64_t>::min() && acc <= std::numeric_limits<int64_t>::max(),
+               ValueError, "{}: the sum of the {} tensor {} overflows int64 (at output element {})", op,
+               dtype_name(x.dtype()), shape_str(x.shape()), a * I + i);
+      po[a * I + i] = static_cast<int64_t>(acc);
+    }
+  }
+}
+
+Tensor int_sum(const ReduceLayout& L, const Tensor& x, const char* op) {
+  Tensor h = L.x.is_cpu() ? L.x : L.x.to(Device::cpu());
+  Tensor out = detail::empty_for(op, L.out, {DType::I64, Device::cpu()});
+  int64_t* po = out.data<int64_t>();
+  switch (h.dtype()) {
+    case DType::I64: int_sum_rows(h.data<int64_t>(), po, L.A, L.R, L.I, op, x); break;
+    case DType::I32: int_sum_rows(h.data<int32_t>(), po, L.A, L.R, L.I, op, x); break;
+    case DType::Bool: int_sum_rows(h.data<bool>(), po, L.A, L.R, L.I, op, x); break;
+    default: throw DTypeError(fmt::format("{}: unexpected dtype {}", op, dtype_name(h.dtype())));
+  }
+  return x.is_cpu() ? out : out.to(x.device());
+}
+
 Tensor sum_impl(const Tensor& x, const Shape& dims, bool keepdim, bool mean, const char* op) {
   detail::check_defined(op, {&x});
   ReduceLayout L = layout(x, dims, keepdim, op);
   if (mean) detail::check_floating(op, x);
-  DType odt = is_floating(x.dtype()) ? x.dtype() : DType::I64;
-  Tensor out = empty(L.out, {odt, x.device()});
+  if (!is_floating(x.dtype())) return int_sum(L, x, op);
+  DType odt = x.dtype();
+  Tensor out = detail::empty_for(op, L.out, {odt, x.device()});
   double scale = mean ? 1.0 / static_cast<double>(std::max<int64_t>(L.R, 1)) : 1.0;
   if (x.is_cpu()) {
     if (L.R == 0) cpu::fill(out, mean ? NAN : 0.0);
@@ -156,14 +189,18 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   else BB_GPU(op, x, gpu::softmax_rows(yt, xt, rows, n, log));
   Tensor y = last ? yt : yt.transpose(d, -1);
   Tensor yd = yt.detach();
-  autograd::record(op, y, {x}, [yd, d, last, rows, n, log](const Tensor& g) -> std::vector<Tensor> {
-    Tensor gt = (last ? g : g.transpose(d, -1)).contiguous();
-    if (gt.dtype() != yd.dtype()) gt = gt.to(yd.dtype());
-    Tensor dx = empty(yd.shape(), yd.options());
-    if (yd.is_cpu()) cpu::softmax_rows_backward(dx, gt, yd, rows, n, log);
-    else BB_GPU("softmax", yd, gpu::softmax_rows_backward(dx, gt, yd, rows, n, log));
-    return {last ? dx : dx.transpose(d, -1)};
-  });
+  autograd::record(op, y, {x},
+                   [yd, d, last, rows, n, log](const Tensor& g) -> std::vector<Tensor> {
+                     Tensor gt = (last ? g : g.transpose(d, -1)).contiguous();
+                     if (gt.dtype() != yd.dtype()) gt = gt.to(yd.dtype());
+                     Tensor dx = empty(yd.shape(), yd.options());
+                     if (yd.is_cpu())
+                       cpu::softmax_rows_backward(dx, gt, yd, rows, n, log);
+                     else
+                       BB_GPU("softmax", yd, gpu::softmax_rows_backward(dx, gt, yd, rows, n, log));
+                     return {last ? dx : dx.transpose(d, -1)};
+                   },
+                   {{&yd, "result"}});
   return y;
 }
 }  // namespace

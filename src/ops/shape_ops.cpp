@@ -22,10 +22,11 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim) {
     for (int64_t k = 0; ok && k < x.dim(); ++k) ok = k == d || x.shape()[k] == x0.shape()[k];
     BB_CHECK(ok, ShapeError, "cat: tensor {} has shape {}, incompatible with {} along dim {}", i, shape_str(x.shape()),
              shape_str(x0.shape()), d);
-    total += x.shape()[d];
+    BB_CHECK(!__builtin_add_overflow(total, x.shape()[d], &total), ShapeError,
+             "cat: the sizes along dim {} add up to more than int64 can count", d);
   }
   os[d] = total;
-  Tensor out = empty(os, x0.options());
+  Tensor out = detail::empty_for("cat", os, x0.options());
   std::vector<int64_t> sizes;
   {
     NoGradGuard g;
@@ -75,24 +76,28 @@ std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim) {
   detail::check_defined("chunk", {&x});
   BB_CHECK(chunks > 0, ValueError, "chunk: chunks must be positive, got {}", chunks);
   int64_t d = wrap_dim(dim, x.dim(), "chunk");
-  return split(x, std::max<int64_t>((x.shape()[d] + chunks - 1) / chunks, 1), d);
+  const int64_t n = x.shape()[d];  // ceil(n / chunks) without the overflow of n + chunks - 1
+  return split(x, std::max<int64_t>(n / chunks + (n % chunks != 0), 1), d);
 }
 
-Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value) {
   detail::check_defined("masked_fill", {&x, &mask});
   BB_CHECK(mask.dtype() == DType::Bool, DTypeError, "masked_fill: mask must be bool, got {} {}",
            dtype_name(mask.dtype()), shape_str(mask.shape()));
   BB_CHECK(broadcast_shapes(x.shape(), mask.shape(), "masked_fill") == x.shape(), ShapeError,
            "masked_fill: mask {} does not broadcast to input {}", shape_str(mask.shape()), shape_str(x.shape()));
+  detail::check_scalar_for("masked_fill", value, x.dtype());
   return where(mask, full({}, value, x.options()), x);
 }
 
 Tensor tril_mask(int64_t rows, int64_t cols, Device device) {
   BB_CHECK(rows >= 0 && cols >= 0, ValueError, "tril_mask: negative size [{}, {}]", rows, cols);
-  std::vector<int32_t> v(static_cast<size_t>(rows * cols));
+  // Built in place on the host (no temporary of ints): one byte per element.
+  Tensor m = detail::empty_for("tril_mask", {rows, cols}, {DType::Bool, Device::cpu()});
+  bool* p = m.data<bool>();
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) v[static_cast<size_t>(i * cols + j)] = j <= i;
-  return from_vector(v, {rows, cols}, {DType::Bool, device});
+    for (int64_t j = 0; j < cols; ++j) p[i * cols + j] = j <= i;
+  return device.is_cpu() ? m : m.to(device);
 }
 
 }  // namespace barbell

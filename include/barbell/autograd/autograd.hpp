@@ -3,8 +3,10 @@
 #pragma once
 
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "barbell/core/tensor.hpp"
@@ -29,6 +31,13 @@ class NoGradGuard {
 
 namespace autograd {
 
+// A tensor that a backward formula reads, and what to call it when it was changed:
+// "input 0", "result", ... (a string literal).
+struct SavedTensor {
+  const Tensor* tensor;
+  const char* what;
+};
+
 // One node of the graph: it receives the gradient of its (single) output and returns
 // one gradient per input edge (undefined where an input needs none).
 class Node {
@@ -45,9 +54,28 @@ class Node {
   std::vector<std::shared_ptr<Node>> next;  // one per input, null when it needs no grad
   uint64_t sequence_nr() const { return seq_; }
 
+  // Remembers the storage versions of the tensors the backward reads; check_saved()
+  // throws ValueError naming this node, the tensor and both versions when one of them
+  // was written in place since (PyTorch's "modified by an inplace operation").
+  void save_versions(std::initializer_list<SavedTensor> saved);
+  void check_saved() const;
+
+ protected:
+  // Drops the references save_versions() keeps; release() must call it, or the saved
+  // tensors would live as long as the graph instead of being freed during backward.
+  void release_saved();
+
  protected:
   uint64_t seq_;
   bool released_ = false;
+
+ private:
+  struct SavedVersion {
+    Tensor tensor;
+    uint64_t version;
+    const char* what;
+  };
+  std::vector<SavedVersion> saved_;
 };
 
 // The sink of a leaf that requires grad: accumulates into .grad and runs the hooks.
@@ -65,9 +93,11 @@ using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>
 
 // Records `out` as produced by `op` from `inputs` when grad mode is on and any input
 // requires grad; `backward` receives d(out) and returns d(inputs) in order. Tensors
-// the backward needs are captured by value, detached (see DESIGN: no graph cycles).
-// Returns true when a node was recorded.
-bool record(const char* op, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn backward);
+// the backward needs are captured by value, detached (see DESIGN: no graph cycles), and
+// listed in `saved` so that backward() refuses to run on them once they were changed in
+// place. Returns true when a node was recorded.
+bool record(const char* op, Tensor& out, const std::vector<Tensor>& inputs, BackwardFn backward,
+            std::initializer_list<SavedTensor> saved = {});
 bool needs_grad(const std::vector<Tensor>& inputs);
 
 // Runs the graph below `roots` in reverse topological order.
@@ -81,29 +111,61 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
 //       return {g * ctx.saved(0) * 2.0}; }
 //   };
 //   Tensor y = Square::apply({x});
+//
+// backward must return one gradient per input (undefined where none is needed). A
+// gradient of a broadcast of the input's shape is summed down to that shape, one of
+// another floating dtype is converted, as PyTorch does; anything else throws an error
+// naming the Function and the input. saved(i) throws when the saved tensor was changed
+// in place after it was saved.
 class Context {
  public:
-  void save(const Tensor& t) { saved_.push_back(t.detach()); }
+  void save(const Tensor& t);
   const Tensor& saved(size_t i) const;
   std::vector<double> scalars;  // free slots for non-tensor state
   void clear() { saved_.clear(); }
+  // The Function's name, for error messages (set by Function::apply).
+  std::string function_name = "custom Function";
 
  private:
-  std::vector<Tensor> saved_;
+  struct Saved {
+    Tensor tensor;
+    uint64_t version;
+  };
+  std::vector<Saved> saved_;
 };
+
+namespace detail {
+struct InputMeta {
+  Shape shape;
+  DType dtype;
+  Device device;
+  bool requires_grad;
+};
+std::vector<InputMeta> input_meta(const std::vector<Tensor>& inputs);
+// The gradients a Function's backward returned, checked against its inputs (count,
+// device, dtype) and reduced to the inputs' shapes where they were broadcast.
+std::vector<Tensor> check_function_grads(const std::string& name, const std::vector<InputMeta>& inputs,
+                                         std::vector<Tensor> grads);
+std::string type_name(const std::type_info& t);
+}  // namespace detail
 
 template <typename Derived>
 struct Function {
-  static Tensor apply(const std::vector<Tensor>& inputs, const char* name = "custom_function") {
+  // `name` names the op in errors; by default the Function's type name.
+  static Tensor apply(const std::vector<Tensor>& inputs, const char* name = nullptr) {
+    const std::string fname = name ? std::string(name) : detail::type_name(typeid(Derived));
     auto ctx = std::make_shared<Context>();
+    ctx->function_name = fname;
     Tensor out;
     {
       NoGradGuard g;
       out = Derived::forward(*ctx, inputs);
     }
-    record(name, out, inputs, [ctx](const Tensor& grad) {
-      auto grads = Derived::backward(*ctx, grad);
-      return grads;
+    BB_CHECK(out.defined(), ValueError, "custom Function {}: forward returned an undefined tensor", fname);
+    if (!needs_grad(inputs)) return out;
+    auto meta = detail::input_meta(inputs);
+    record(fname.c_str(), out, inputs, [ctx, meta, fname](const Tensor& grad) {
+      return detail::check_function_grads(fname, meta, Derived::backward(*ctx, grad));
     });
     return out;
   }

@@ -2,12 +2,15 @@
 // autograd fields. Views share storage; ops live in barbell/ops/ops.hpp.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
 #include <iosfwd>
+#include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <fmt/format.h>
@@ -15,6 +18,7 @@
 #include "barbell/core/device.hpp"
 #include "barbell/core/dtype.hpp"
 #include "barbell/core/error.hpp"
+#include "barbell/core/scalar.hpp"
 #include "barbell/core/shape.hpp"
 
 namespace barbell {
@@ -25,7 +29,9 @@ class AccumulateGrad;
 }  // namespace autograd
 
 // A block of memory on one device. `deleter` frees it; a null deleter means the
-// memory belongs to someone else (Tensor::from_blob).
+// memory belongs to someone else (Tensor::from_blob). Its version counts the in-place
+// writes into it (through any view), so autograd can tell when a tensor it saved for
+// backward was changed after it was saved.
 class Storage {
  public:
   Storage(void* data, size_t nbytes, Device device, std::function<void(void*)> deleter)
@@ -33,13 +39,17 @@ class Storage {
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
-  static std::shared_ptr<Storage> allocate(size_t nbytes, Device device);
+  // Throws barbell::Error naming `op` and the bytes asked for when the memory cannot be had.
+  static std::shared_ptr<Storage> allocate(size_t nbytes, Device device, const char* op = "allocate");
 
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
+  uint64_t version() const { return version_.load(std::memory_order_relaxed); }
+  void bump_version() { version_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
+  std::atomic<uint64_t> version_{0};
   void* data_;
   size_t nbytes_;
   Device device_;
@@ -101,10 +111,30 @@ class Tensor {
              dtype_name(dtype_of<T>::value), dtype_name(dtype()));
     return static_cast<T*>(data_ptr());
   }
-  // The single value of a one-element tensor, converted.
+  // The single value of a one-element tensor, converted. Integer types are exact over
+  // their whole range: an integer tensor's value is read as int64; a floating value is
+  // truncated toward zero, and NaN, infinities and values outside T's range throw
+  // ValueError.
   template <typename T = double>
-  T item() const { return static_cast<T>(item_double()); }
+  T item() const {
+    if constexpr (std::is_same_v<T, bool>) {
+      return item_double() != 0.0;
+    } else if constexpr (std::is_integral_v<T>) {
+      const int64_t v = item_int64();
+      bool fits;
+      if constexpr (std::is_unsigned_v<T>)
+        fits = v >= 0 && static_cast<uint64_t>(v) <= std::numeric_limits<T>::max();
+      else
+        fits = v >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+               v <= static_cast<int64_t>(std::numeric_limits<T>::max());
+      if (!fits) item_out_of_range(v, sizeof(T), std::is_unsigned_v<T>);
+      return static_cast<T>(v);
+    } else {
+      return static_cast<T>(item_double());
+    }
+  }
   double item_double() const;
+  int64_t item_int64() const;
   // All elements in row-major order, converted to T (copies from the GPU).
   template <typename T>
   std::vector<T> to_vector() const;
@@ -133,11 +163,23 @@ class Tensor {
   Tensor to(Device device, DType dtype) const;
 
   // In place (no autograd: throws on a tensor that requires grad while grad is on).
+  // Each bumps the storage's version. A write into a view where several elements share
+  // one memory location (an expanded view: stride 0) throws; a source that overlaps
+  // the destination in another layout (`x.add_(x.t())`, `a.narrow(0, 1, n - 1)
+  // .copy_(a.narrow(0, 0, n - 1))`) is read through a temporary copy, so the result is
+  // as if the source had been read first. fill_ and zero_ write one value and accept
+  // expanded views (as PyTorch). An integer tensor refuses a floating scalar in mul_
+  // and a fractional alpha in add_ (the result would not be an integer).
   Tensor& copy_(const Tensor& src);
-  Tensor& fill_(double value);
-  Tensor& zero_() { return fill_(0.0); }
+  Tensor& fill_(Scalar value);
+  Tensor& zero_() { return fill_(0); }
   Tensor& add_(const Tensor& other, double alpha = 1.0);
-  Tensor& mul_(double value);
+  Tensor& mul_(Scalar value);
+  // The version of this tensor's storage: the number of in-place writes into it so far.
+  uint64_t version() const { return impl().storage->version(); }
+  // For code that writes through data_ptr(): marks the storage as changed, so that a
+  // tensor autograd saved from it is reported at backward() instead of being misread.
+  void bump_version() const { impl().storage->bump_version(); }
   // Replace this tensor's data (storage, shape, dtype) with other's, keeping its
   // identity: what Module::to uses so optimizers keep valid references.
   void set_data(const Tensor& other);
@@ -169,6 +211,7 @@ class Tensor {
 
   std::string str() const;
   TensorImpl& impl() const;
+  [[noreturn]] void item_out_of_range(int64_t v, size_t bytes, bool is_unsigned) const;
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
 
@@ -180,14 +223,25 @@ class Tensor {
 Tensor empty(const Shape& shape, TensorOptions opts = {});
 Tensor zeros(const Shape& shape, TensorOptions opts = {});
 Tensor ones(const Shape& shape, TensorOptions opts = {});
-Tensor full(const Shape& shape, double value, TensorOptions opts = {});
+// full infers its dtype from the value when no options are given (PyTorch's rule: a bool
+// gives bool, an integer i64, a floating value f32); with options, opts.dtype (f32 unless
+// set). A value is converted by the rule of to(): truncated toward zero for an integer
+// dtype, NaN, infinities and values outside the dtype's range throw ValueError; integers
+// are exact over the whole range of i64.
+Tensor full(const Shape& shape, Scalar value);
+Tensor full(const Shape& shape, Scalar value, TensorOptions opts);
 Tensor zeros_like(const Tensor& t);
 Tensor ones_like(const Tensor& t);
 Tensor empty_like(const Tensor& t);
-Tensor scalar_tensor(double value, TensorOptions opts = {});
-// [start, end) in steps, as i64 unless opts.dtype says otherwise (pass {kF32} for fractional steps).
-Tensor arange(double start, double end, double step = 1.0, TensorOptions opts = {DType::I64});
-Tensor arange(int64_t end, TensorOptions opts = {DType::I64});
+Tensor scalar_tensor(Scalar value, TensorOptions opts = {});
+// [start, end) in steps. Without options the dtype is inferred as PyTorch does: i64 when
+// start, end and step are all integers (exact over the whole i64 range), f32 when any is
+// floating (`arange(0, 1, 0.25)` is [0, .25, .5, .75]). An integer dtype with a
+// fractional argument throws rather than truncate.
+Tensor arange(Scalar end);
+Tensor arange(Scalar end, TensorOptions opts);
+Tensor arange(Scalar start, Scalar end, Scalar step = 1);
+Tensor arange(Scalar start, Scalar end, Scalar step, TensorOptions opts);
 // From host data: copied, converted to opts.dtype, placed on opts.device.
 template <typename T>
 Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opts = {dtype_of<T>::value});
@@ -198,14 +252,16 @@ Tensor operator+(const Tensor& a, const Tensor& b);
 Tensor operator-(const Tensor& a, const Tensor& b);
 Tensor operator*(const Tensor& a, const Tensor& b);
 Tensor operator/(const Tensor& a, const Tensor& b);
-Tensor operator+(const Tensor& a, double b);
-Tensor operator-(const Tensor& a, double b);
-Tensor operator*(const Tensor& a, double b);
-Tensor operator/(const Tensor& a, double b);
-Tensor operator+(double a, const Tensor& b);
-Tensor operator-(double a, const Tensor& b);
-Tensor operator*(double a, const Tensor& b);
-Tensor operator/(double a, const Tensor& b);
+// Tensor-scalar arithmetic promotes as PyTorch does (see add(Tensor, Scalar) in ops.hpp):
+// arange(4) * 0.5 is the f32 [0, .5, 1, 1.5]; arange(4) * 2 stays i64; `/` is true division.
+Tensor operator+(const Tensor& a, Scalar b);
+Tensor operator-(const Tensor& a, Scalar b);
+Tensor operator*(const Tensor& a, Scalar b);
+Tensor operator/(const Tensor& a, Scalar b);
+Tensor operator+(Scalar a, const Tensor& b);
+Tensor operator-(Scalar a, const Tensor& b);
+Tensor operator*(Scalar a, const Tensor& b);
+Tensor operator/(Scalar a, const Tensor& b);
 Tensor operator-(const Tensor& a);
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
 

@@ -10,19 +10,30 @@
 
 namespace barbell {
 
-// Elementwise binary with numpy broadcasting; both operands share a dtype and device.
+// Elementwise binary with numpy broadcasting; both operands share a dtype and device
+// (mixing dtypes is a DTypeError: no implicit promotion between tensors). Integer
+// tensors compute exactly in int64 (wrapping on overflow, as PyTorch); an integer alpha
+// only (a fractional one throws). div takes floating tensors; pow of integers takes
+// exponents >= 0 and throws when a result overflows.
 Tensor add(const Tensor& a, const Tensor& b, double alpha = 1.0);  // a + alpha * b
 Tensor sub(const Tensor& a, const Tensor& b);
 Tensor mul(const Tensor& a, const Tensor& b);
 Tensor div(const Tensor& a, const Tensor& b);
 Tensor pow(const Tensor& a, const Tensor& b);
-Tensor add(const Tensor& a, double b);
-Tensor mul(const Tensor& a, double b);
-Tensor pow(const Tensor& a, double exponent);
-Tensor rsub(const Tensor& a, double b);  // b - a
-Tensor rdiv(const Tensor& a, double b);  // b / a
+// Tensor and scalar, promoted as PyTorch does: a floating tensor keeps its dtype; an
+// integer or bool tensor with a floating scalar gives f32 (arange(4) * 0.5 is
+// [0, .5, 1, 1.5]); an integer tensor with an integer scalar keeps its dtype and is
+// exact (a scalar outside that dtype's range throws); a bool tensor with an integer
+// scalar gives i64. rdiv (and `/`) is true division: f32 for integer tensors.
+Tensor add(const Tensor& a, Scalar b);
+Tensor sub(const Tensor& a, Scalar b);
+Tensor mul(const Tensor& a, Scalar b);
+Tensor pow(const Tensor& a, Scalar exponent);
+Tensor rsub(const Tensor& a, Scalar b);  // b - a
+Tensor rdiv(const Tensor& a, Scalar b);  // b / a
 
-// Elementwise unary.
+// Elementwise unary. exp, log, sqrt, rsqrt, tanh, silu and gelu of an integer or bool
+// tensor compute in f32 (PyTorch's promotion); neg of an integer tensor is exact.
 Tensor neg(const Tensor& x);
 Tensor exp(const Tensor& x);
 Tensor log(const Tensor& x);
@@ -76,8 +87,9 @@ Tensor cat(const std::vector<Tensor>& xs, int64_t dim = 0);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim = 0);
 std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim = 0);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim = 0);
-// Fills positions where mask (Bool, broadcast to x) is true with value.
-Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+// Fills positions where mask (Bool, broadcast to x) is true with value (converted to
+// x's dtype by the rule of full()).
+Tensor masked_fill(const Tensor& x, const Tensor& mask, Scalar value);
 // Lower-triangular Bool mask [rows, cols] (true on and below the diagonal).
 Tensor tril_mask(int64_t rows, int64_t cols, Device device = Device::cpu());
 
