@@ -73,7 +73,10 @@ Json parse_json_bounded(const std::string& text, const JsonLimits& lim, const st
   try {
     return Json::parse(text, cb);
   } catch (const Error&) { throw; } catch (const std::exception& e) {  // nlohmann's parse_error, or bad_alloc
-    throw fail(fmt::format("not valid JSON: {}", e.what()));
+    std::string why = e.what();  // without nlohmann's "[json.exception.parse_error.101] " tag
+    if (why.rfind("[json.exception.", 0) == 0 && why.find("] ") != std::string::npos)
+      why = why.substr(why.find("] ") + 2);
+    throw fail(fmt::format("not valid JSON: {}", why));
   }
 }
 
