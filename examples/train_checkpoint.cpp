@@ -65,6 +65,12 @@ json parse_json_checked(const std::string& text, const std::string& what, size_t
   }
 }
 
+std::string model_json(const bb::nn::GPTConfig& c) {
+  return json{{"vocab_size", c.vocab_size}, {"block_size", c.block_size}, {"n_layer", c.n_layer},
+              {"n_head", c.n_head},         {"n_embd", c.n_embd},         {"bias", c.bias}}
+      .dump();
+}
+
 std::string train_state_json(const TrainState& s) {
   return json{{"step", s.step}, {"data", s.data}, {"rng_seed", s.rng_seed}, {"rng_offset", s.rng_offset}}
       .dump();

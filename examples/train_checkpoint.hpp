@@ -20,6 +20,9 @@ using json = nlohmann::json;
 // or printed) and no key twice in an object. Any failure is an IOError "<what>: ...".
 json parse_json_checked(const std::string& text, const std::string& what, size_t max_depth = 4);
 
+// The model config a checkpoint's "barbell.model" metadata holds (compared as text).
+std::string model_json(const barbell::nn::GPTConfig& c);
+
 // Where training stands, as the checkpoint's "barbell.train_state" metadata records it.
 struct TrainState {
   int64_t step = 0;

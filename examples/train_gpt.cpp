@@ -250,11 +250,6 @@ double eval_loss(const bb::nn::GPT& model, Source& src, int64_t batches) {
   return total / static_cast<double>(batches);
 }
 
-std::string model_json(const bb::nn::GPTConfig& c) {
-  return json{{"vocab_size", c.vocab_size}, {"block_size", c.block_size}, {"n_layer", c.n_layer},
-              {"n_head", c.n_head},         {"n_embd", c.n_embd},         {"bias", c.bias}}
-      .dump();
-}
 
 // The settings a resumed run must share with the run it continues, or its losses
 // would not be the ones an uninterrupted run gets. (--steps may change: with the same
@@ -403,7 +398,7 @@ int run(const Args& args) {
   int64_t step = 0;
   std::string resume_note;
   if (args.resume) {
-    train::ResumeExpect expect{model_json(cfg), run_json(args, dtype), train_src->state()};
+    train::ResumeExpect expect{train::model_json(cfg), run_json(args, dtype), train_src->state()};
     const train::TrainState st = train::resume_checkpoint(ckpt, expect, model, *opt, &resume_note);
     step = st.step;
     train_src->set_state(st.data);
@@ -433,7 +428,7 @@ int run(const Args& args) {
     metrics.sync();
     bb::io::save_safetensors(ckpt, all,
                              {{"format", "pt"},
-                              {"barbell.model", model_json(cfg)},
+                              {"barbell.model", train::model_json(cfg)},
                               {"barbell.run", run_json(args, dtype).dump()},
                               {"barbell.train_state", train::train_state_json(st)},
                               {"barbell.data", args.data.empty() ? "addition" : args.data}});

@@ -322,10 +322,12 @@ Safetensors load_impl(const std::string& path) {
       if (!sums.count(e.name))
         throw fail(fmt::format("tensor '{}' has no checksum in '{}'", e.name, kChecksumKey));
     if (sums.size() != entries.size()) {
-      for (const auto& [name, c] : sums)
-        if (std::none_of(entries.begin(), entries.end(), [&](const Entry& e) { return e.name == name; }))
+      std::set<std::string> names;
+      for (const Entry& e : entries) names.insert(e.name);
+      for (const auto& sum : sums)
+        if (!names.count(sum.first))
           throw fail(fmt::format("'{}' has a checksum for '{}', a tensor the file does not hold",
-                                 kChecksumKey, name));
+                                 kChecksumKey, sum.first));
     }
   }
 
