@@ -145,8 +145,12 @@ TrainState resume_checkpoint(const std::string& ckpt, const ResumeExpect& expect
     else
       model_state.emplace_back(n, tensor);
   }
-  model.load_state_dict(model_state);
-  opt.load_state_dict(opt_state);
+  try {
+    model.load_state_dict(model_state);
+    opt.load_state_dict(opt_state);
+  } catch (const bb::Error& e) {  // name the file: the state it holds is what is wrong
+    throw bb::IOError(fmt::format("{}: {}", what, e.what()));
+  }
   // Every training step is one optimizer step and one batch: the three counts agree in
   // any checkpoint barbell-train wrote.
   BB_CHECK(opt.steps() == s.step, bb::IOError,
