@@ -4,7 +4,8 @@
 set -euo pipefail
 
 required=(build-essential cmake ninja-build catch2 libfmt-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
-  libcli11-dev libopenmpi-dev openmpi-bin python3)
+  libcli11-dev libopenmpi-dev openmpi-bin python3
+  clang-14 libclang-rt-14-dev libomp-14-dev)  # the fuzzers (scripts/fuzz.sh): clang, libFuzzer, clang's OpenMP
 # Only scripts/plot_metrics.py needs these; a failure to install them is a warning.
 optional=(python3-matplotlib)
 
