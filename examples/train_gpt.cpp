@@ -250,7 +250,6 @@ double eval_loss(const bb::nn::GPT& model, Source& src, int64_t batches) {
   return total / static_cast<double>(batches);
 }
 
-
 // The settings a resumed run must share with the run it continues, or its losses
 // would not be the ones an uninterrupted run gets. (--steps may change: with the same
 // schedule shape a run can be extended.)
