@@ -605,7 +605,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch", a.batch, "Sequences per step")->capture_default_str()->check(positive_count);
   app.add_option("--seq-len", a.seq_len, "Context length with --data")
       ->capture_default_str()
-      ->check(positive_count);
+      ->check(int_flag(1, INT32_MAX, "in [1, 2^31 - 1]"));
   app.add_option("--lr", a.lr, "Peak learning rate")->capture_default_str()->check(nonneg);
   app.add_option("--min-lr", a.min_lr, "Final learning rate of the cosine schedule")
       ->capture_default_str()

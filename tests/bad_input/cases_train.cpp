@@ -284,6 +284,31 @@ BAD_INPUT_CASE("barbell-train flags", "--eval-problems 10 --digits 1 (9 held-out
 BAD_INPUT_CASE("barbell-train flags", "--data of a missing file") {
   return flag_refused({"--data", scratch("no_such_data.txt")}, {"no_such_data.txt", "cannot open"});
 }
+BAD_INPUT_CASE("barbell-train flags", "--seq-len 9223372036854775807 with --data (seq_len + 1 overflowed)") {
+  write_file(scratch("text.txt"),
+             "some text to train on, a few hundred bytes of it. " + std::string(300, 'x'));
+  return flag_refused({"--data", scratch("text.txt"), "--seq-len", "9223372036854775807"},
+                      {"--seq-len", "9223372036854775807"});
+}
+BAD_INPUT_CASE("barbell-train flags", "--seq-len 1000 with --data of 350 bytes") {
+  write_file(scratch("text.txt"),
+             "some text to train on, a few hundred bytes of it. " + std::string(300, 'x'));
+  return flag_refused({"--data", scratch("text.txt"), "--seq-len", "1000"}, {"--seq-len 1000", "too few"});
+}
+BAD_INPUT_CASE("barbell-train flags", "--data of an empty file") {
+  write_file(scratch("empty.txt"), "");
+  return flag_refused({"--data", scratch("empty.txt")}, {"empty.txt", "empty"});
+}
+BAD_INPUT_CASE("barbell-train flags", "--data with --seq-len 64: trains on the text") {
+  write_file(scratch("text.txt"),
+             "some text to train on, a few hundred bytes of it. " + std::string(300, 'x'));
+  return flag_accepted({"--data", scratch("text.txt"), "--seq-len", "64", "--samples", "1"},
+                       [](const std::string& out, std::string& d) {
+                         d = out.find("validation loss") != std::string::npos ? "evaluated"
+                                                                              : "no validation loss";
+                         return out.find("validation loss") != std::string::npos;
+                       });
+}
 BAD_INPUT_CASE("barbell-train flags", "--eval-problems -5 after training (SIGSEGV before)") {
   return flag_refused({"--eval-problems=-5"}, {"--eval-problems", "-5"});
 }
@@ -515,4 +540,22 @@ BAD_INPUT_CASE("barbell-train resume", "temp checkpoints of killed runs are remo
   if (r.signaled || r.code != 0) return {Outcome::Wrong, "did not resume: " + error_line(r.out)};
   const bool gone = !fs::exists(scratch("case/checkpoint.safetensors.tmp.999999999"));
   return {gone ? Outcome::Correct : Outcome::Wrong, gone ? "removed" : "still there"};
+}
+BAD_INPUT_CASE("barbell-train resume", "a token source's batch count that disagrees with the step") {
+  const std::string dir = scratch("tokens");
+  fs::remove_all(dir);
+  write_file(scratch("text.txt"),
+             "some text to train on, a few hundred bytes of it. " + std::string(300, 'x'));
+  const std::vector<std::string> flags = {"--data", scratch("text.txt"), "--seq-len",
+                                          "16",     "--save-every",      "1"};
+  std::vector<std::string> first = flags, again = flags;
+  first.insert(first.end(), {"--steps", "3"});
+  again.insert(again.end(), {"--steps", "5", "--resume"});
+  const Run r0 = run_train(train_args(dir, first));
+  if (!r0.ran || r0.signaled || r0.code != 0)
+    return {Outcome::Wrong, "the first run failed: " + error_line(r0.out)};
+  edit_checkpoint(dir, [](io::Safetensors& f) {
+    replace_in(f.metadata["barbell.train_state"], "\"batches\":3", "\"batches\":2");
+  });
+  return classify_refusal(run_train(train_args(dir, again)), {"data position is 2 batches", "step 3"});
 }
