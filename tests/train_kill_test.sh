@@ -62,8 +62,9 @@ while ((kills < kills_wanted)); do
   segments=$((segments + 1))
   "$train" "${common[@]}" --steps "$steps" --out "$out" "${resume[@]}" >"$work/segment.log" 2>&1 &
   pid=$!
-  # From half the start-up time (a kill while it resumes) to 15 steps in.
-  delay_ms=$((startup_ms / 2 + RANDOM % (startup_ms / 2 + 1) + RANDOM % (15 * step_ms + 1)))
+  # Anywhere from the start (a kill while it resumes) to about 8 steps in: some 5 steps of
+  # progress per kill on average, well within the 10 per kill the run has.
+  delay_ms=$((RANDOM % (startup_ms + 1) + RANDOM % (8 * step_ms + 1)))
   sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
   if kill -KILL "$pid" 2>/dev/null; then
     wait "$pid" 2>/dev/null || true
