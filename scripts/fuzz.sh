@@ -83,11 +83,13 @@ for f in "${fuzzers[@]}"; do
   work=$BUILD_DIR/corpus/${corpus_of[$f]}
   mkdir -p "$work"
   log=$BUILD_DIR/$f.log
+  dict=()
+  [[ $f == fuzz_token_shard ]] || dict=(-dict="$root/tests/fuzz/safetensors.dict")
   echo "=== $f: ${seconds}s from $(find "$seeds" -type f | wc -l) seeds (+$(find "$work" -type f | wc -l) found before)"
   frc=0
   # shellcheck disable=SC2086  # BARBELL_FUZZ_ARGS is a list of flags on purpose
   "$bin/$f" -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-    -artifact_prefix="$BUILD_DIR/artifacts/$f-" ${BARBELL_FUZZ_ARGS:-} "$work" "$seeds" >"$log" 2>&1 || frc=$?
+    -artifact_prefix="$BUILD_DIR/artifacts/$f-" "${dict[@]}" ${BARBELL_FUZZ_ARGS:-} "$work" "$seeds" >"$log" 2>&1 || frc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   cov=$(grep -o 'cov: [0-9]*' <<<"$last" | grep -o '[0-9]*' || echo '?')
