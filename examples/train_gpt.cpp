@@ -207,7 +207,6 @@ class TokenSource : public Source {
   std::string path_;
 };
 
-// Exact-match accuracy on held-out problems by batched greedy decoding.
 // Exact-match accuracy on held-out problems by batched greedy decoding, in chunks of
 // 1024 problems so that memory does not grow with --eval-problems.
 double addition_accuracy(const bb::nn::GPT& model, const bb::io::AdditionTask& task,
