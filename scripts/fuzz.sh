@@ -32,10 +32,12 @@ cc=${cxx/clang++/clang}
 
 t0=$SECONDS
 if [[ ! -f $BUILD_DIR/CMakeCache.txt ]]; then
-  # -O1 -g: fast enough to fuzz, quick to build; warnings stay warnings (the gcc build holds
-  # them to -Werror; clang's extra ones would stop the fuzzers, not make them better).
+  # -O1: fast enough to fuzz, quick to build; -gline-tables-only: file and line in the reports
+  # at less compile time than -g (tensor.cpp: 5.8 s against 6.8 s here). Warnings stay warnings
+  # (the gcc build holds them to -Werror; clang's extra ones would stop the fuzzers, not make
+  # them better).
   CC=$cc CXX=$cxx cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g -DNDEBUG" -DBARBELL_FUZZ=ON -DBARBELL_WERROR=OFF \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -gline-tables-only -DNDEBUG" -DBARBELL_FUZZ=ON -DBARBELL_WERROR=OFF \
     -DBARBELL_CUDA=OFF -DBARBELL_MPI=OFF -DBARBELL_TESTS=OFF -DBARBELL_BENCHMARKS=OFF -DBARBELL_EXAMPLES=OFF >/dev/null
 fi
 cmake --build "$BUILD_DIR" -j "$JOBS" --target "${all_fuzzers[@]}" fuzz_make_seeds
@@ -100,8 +102,10 @@ for f in "${fuzzers[@]}"; do
     echo "FINDING in $f (exit $frc): see $log and $BUILD_DIR/artifacts/"
     grep -E 'ERROR|runtime error|deadly|uncaught|property failed|Test unit written' "$log" | head -20 || true
   fi
+  verdict=clean
+  ((frc == 0)) || verdict=FINDING
   summary+=("$(printf '%-18s %3ss  %10s execs  cov %5s  ft %6s  corpus %5s  %s' "$f" "$seconds" "$execs" "$cov" "$ft" \
-    "$units" "$( ((frc == 0)) && echo clean || echo FINDING)")")
+    "$units" "$verdict")")
 done
 echo
 echo "=== fuzz summary (coverage: libFuzzer's edge count 'cov' and feature count 'ft') ==="

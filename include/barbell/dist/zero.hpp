@@ -63,6 +63,7 @@ class ZeroAdamW : public optim::Optimizer {
 
  private:
   void check_options() const;  // ValueError on an option out of range
+
   struct Segment {        // one parameter's piece of this rank's chunk
     size_t param;         // index into params_
     int64_t param_begin;  // first element within the parameter (flattened)
