@@ -1,21 +1,28 @@
 // barbell-train, the main job: trains a GPT on the synthetic addition task (default)
 // or on any text file / token shard, with live progress, evaluation, checkpoints,
 // exact resume, sample completions and a JSONL metrics log.
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
-#include <fstream>
+#include <functional>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
-#include <unistd.h>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "barbell/barbell.hpp"
+#include "train_checkpoint.hpp"
 
 namespace bb = barbell;
 using json = nlohmann::json;
@@ -39,9 +46,105 @@ struct Args {
   int digits = 3;
   bool reverse = false;
   int threads = 0;
+  bool force_threads = false;
   bool zero = false;
   std::string init_from, export_hf, tokenizer;  // Hugging Face GPT-2 folders, GPT-2 BPE
 };
+
+// ---- flag validators --------------------------------------------------------------
+// Each flag's real range, said in words (CLI::Range prints DBL_MAX's 309 digits). A
+// validator sees the text before CLI11 converts it, so NaN, inf and junk are caught here.
+
+// A floating flag: a finite number for which ok(v) holds; `range` says which ("in [0, 1)").
+CLI::Validator real_flag(const std::string& range, std::function<bool(double)> ok) {
+  return CLI::Validator(
+      [range, ok](std::string& in) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const double v = std::strtod(in.c_str(), &end);
+        if (in.empty() || end == in.c_str() || *end != '\0') return fmt::format("'{}' is not a number", in);
+        if (!std::isfinite(v) || errno == ERANGE)
+          return fmt::format("{} is not a finite number (must be {})", in, range);
+        if (!ok(v)) return fmt::format("{} is out of range: must be {}", in, range);
+        return {};
+      },
+      range);
+}
+
+// An integer flag in [lo, hi].
+CLI::Validator int_flag(int64_t lo, int64_t hi, const std::string& range) {
+  return CLI::Validator(
+      [lo, hi, range](std::string& in) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const long long v = std::strtoll(in.c_str(), &end, 10);
+        if (in.empty() || end == in.c_str() || *end != '\0') return fmt::format("'{}' is not an integer", in);
+        if (errno == ERANGE || v < lo || v > hi)
+          return fmt::format("{} is out of range: must be {}", in, range);
+        return {};
+      },
+      range);
+}
+
+// A uint64 flag (the seed): strtoull would take "-1" as 2^64 - 1.
+CLI::Validator u64_flag() {
+  return CLI::Validator(
+      [](std::string& in) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        std::strtoull(in.c_str(), &end, 10);
+        if (in.empty() || in[0] == '-' || in[0] == '+' || end == in.c_str() || *end != '\0' ||
+            errno == ERANGE)
+          return fmt::format("'{}' is not an integer in [0, 2^64)", in);
+        return {};
+      },
+      "in [0, 2^64)");
+}
+
+constexpr int64_t kMaxSteps = int64_t{1} << 53;  // the optimizers' state holds at most 2^53 steps
+constexpr int64_t kMaxEvalProblems = 1000000;
+constexpr int kMaxThreads = 1024;
+
+// The cores this process may run on (its affinity mask, e.g. under taskset or a container).
+int available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Refuses, before anything is allocated, a model and batch that cannot fit: a lower bound
+// of what training holds (weights, gradients, AdamW's two fp32 moments and the fp32
+// master of a 16-bit model; four [B, T, C] activations per layer and the logits with
+// their gradient) against the device's memory. An allocation would otherwise fail deep in
+// the first step, or (overcommit) the kernel would kill the process.
+void check_fits(const bb::nn::GPTConfig& c, int64_t batch, bb::DType dtype, bb::Device device,
+                const Args& a) {
+  using LD = long double;
+  const LD C = static_cast<LD>(c.n_embd), L = static_cast<LD>(c.n_layer), V = static_cast<LD>(c.vocab_size),
+           T = static_cast<LD>(c.block_size), B = static_cast<LD>(batch),
+           e = static_cast<LD>(bb::dtype_size(dtype));
+  const LD params = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C;
+  const LD state = params * (2 * e + 8 + (e < 4 ? 4 : 0));
+  const LD acts = B * T * (L * 4 * C * e + 2 * V * 4);
+  const LD need = state + acts;
+  LD have = 0;
+  if (device.is_cuda()) {
+    have = static_cast<LD>(bb::cuda::properties(device.index()).total_memory);
+  } else {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    have = pages > 0 && page > 0 ? static_cast<LD>(pages) * static_cast<LD>(page) : 0;
+  }
+  if (have > 0 && need > have) {
+    throw bb::ValueError(fmt::format(
+        "barbell-train: the model and batch do not fit: --n-layer {} --n-head {} --n-embd {} (preset {}), "
+        "vocab {}, "
+        "context {}, --batch {}{}: {:.4g} parameters; training needs at least {:.4g} GiB, {} has {:.4g} GiB",
+        c.n_layer, c.n_head, c.n_embd, a.preset, c.vocab_size, c.block_size, a.batch,
+        a.data.empty() ? "" : fmt::format(" (--seq-len {})", a.seq_len), static_cast<double>(params),
+        static_cast<double>(need / (1u << 30)), device.str(), static_cast<double>(have / (1u << 30))));
+  }
+}
 
 std::string fmt_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
@@ -105,30 +208,35 @@ class TokenSource : public Source {
   std::string path_;
 };
 
-// Exact-match accuracy on held-out problems by batched greedy decoding.
+// Exact-match accuracy on held-out problems by batched greedy decoding, in chunks of
+// 1024 problems so that memory does not grow with --eval-problems.
 double addition_accuracy(const bb::nn::GPT& model, const bb::io::AdditionTask& task,
                          const std::vector<std::pair<int64_t, int64_t>>& problems) {
   bb::NoGradGuard ng;
-  const int64_t N = static_cast<int64_t>(problems.size()), P = task.prompt_len();
-  std::vector<int64_t> prompts;
-  for (auto& [a, b] : problems) {
-    auto p = task.encode_prompt(a, b);
-    prompts.insert(prompts.end(), p.begin(), p.end());
-  }
-  bb::Tensor seq = bb::from_vector(prompts, {N, P}, {bb::kI64, model.transformer->wte->weight.device()});
-  for (int64_t k = 0; k < task.answer_len(); ++k) {
-    bb::Tensor logits = model.forward(seq).select(1, -1);  // [N, V]
-    seq = bb::cat({seq, bb::argmax(logits, -1, true)}, 1);
-  }
-  auto all = seq.to_vector<int64_t>();
+  const int64_t total = static_cast<int64_t>(problems.size()), P = task.prompt_len(),
+                L = P + task.answer_len();
   int64_t correct = 0;
-  const int64_t L = P + task.answer_len();
-  for (int64_t i = 0; i < N; ++i) {
-    std::vector<int32_t> ans(all.begin() + i * L + P, all.begin() + (i + 1) * L);
-    if (task.decode_answer(ans) == problems[static_cast<size_t>(i)].first + problems[static_cast<size_t>(i)].second)
-      ++correct;
+  for (int64_t first = 0; first < total; first += 1024) {
+    const int64_t N = std::min<int64_t>(1024, total - first);
+    std::vector<int64_t> prompts;
+    for (int64_t i = first; i < first + N; ++i) {
+      auto p =
+          task.encode_prompt(problems[static_cast<size_t>(i)].first, problems[static_cast<size_t>(i)].second);
+      prompts.insert(prompts.end(), p.begin(), p.end());
+    }
+    bb::Tensor seq = bb::from_vector(prompts, {N, P}, {bb::kI64, model.transformer->wte->weight.device()});
+    for (int64_t k = 0; k < task.answer_len(); ++k) {
+      bb::Tensor logits = model.forward(seq).select(1, -1);  // [N, V]
+      seq = bb::cat({seq, bb::argmax(logits, -1, true)}, 1);
+    }
+    auto all = seq.to_vector<int64_t>();
+    for (int64_t i = 0; i < N; ++i) {
+      std::vector<int32_t> ans(all.begin() + i * L + P, all.begin() + (i + 1) * L);
+      const auto& [a, b] = problems[static_cast<size_t>(first + i)];
+      if (task.decode_answer(ans) == a + b) ++correct;
+    }
   }
-  return N ? static_cast<double>(correct) / static_cast<double>(N) : 0.0;
+  return total ? static_cast<double>(correct) / static_cast<double>(total) : 0.0;
 }
 
 double eval_loss(const bb::nn::GPT& model, Source& src, int64_t batches) {
@@ -140,12 +248,6 @@ double eval_loss(const bb::nn::GPT& model, Source& src, int64_t batches) {
     total += model.loss(x.to(dev), y.to(dev)).item<double>();
   }
   return total / static_cast<double>(batches);
-}
-
-std::string model_json(const bb::nn::GPTConfig& c) {
-  return json{{"vocab_size", c.vocab_size}, {"block_size", c.block_size}, {"n_layer", c.n_layer},
-              {"n_head", c.n_head},         {"n_embd", c.n_embd},         {"bias", c.bias}}
-      .dump();
 }
 
 // The settings a resumed run must share with the run it continues, or its losses
@@ -276,15 +378,29 @@ std::string decode_sample(const bb::io::GPT2Tokenizer& tok, const std::vector<in
 
 int run(const Args& args) {
   auto t_start = Clock::now();
-  if (args.threads > 0) bb::set_num_threads(args.threads);
+  // More threads than cores only adds switching (and --threads 100000 would start 100000).
+  const int cores = available_cores();
+  std::string threads_note;
+  int threads = args.threads;
+  if (threads > cores && !args.force_threads) {
+    threads_note =
+        fmt::format("note: --threads {}: {} cores are available, using {} (--force-threads to use more)",
+                    threads, cores, cores);
+    threads = cores;
+  }
+  if (threads > 0) bb::set_num_threads(threads);
   // --device auto: the first GPU when there is one (the emulated device of a
   // BARBELL_CUDA=EMULATE build is not one: it is for tests, and very slow). --dtype auto:
   // bf16 on a GPU (with fp32 master weights in AdamW and fp32 statistics, softmax and
   // loss), f32 on the CPU.
-  bb::Device device = args.device == "auto" ? (bb::cuda::is_available() && !bb::cuda::is_emulated()
-                                                   ? bb::Device::cuda(0)
-                                                   : bb::Device::cpu())
-                                            : bb::Device::parse(args.device);
+  bb::Device device = bb::Device::cpu();
+  try {
+    device = args.device == "auto" ? (bb::cuda::is_available() && !bb::cuda::is_emulated() ? bb::Device::cuda(0)
+                                                                                          : bb::Device::cpu())
+                                   : bb::Device::parse(args.device);
+  } catch (const bb::Error& e) {
+    throw bb::ValueError(fmt::format("barbell-train: --device {}: {}", args.device, e.what()));
+  }
   if (device.is_cuda() && bb::cuda::is_emulated())
     std::printf("barbell-train: %s is barbell's host emulator of the GPU (emu/): a check of the CUDA code, not a "
                 "GPU; expect it to be slow\n",
@@ -351,6 +467,9 @@ int run(const Args& args) {
   if (args.n_layer) cfg.n_layer = args.n_layer;
   if (args.n_head) cfg.n_head = args.n_head;
   if (args.n_embd) cfg.n_embd = args.n_embd;
+  BB_CHECK(cfg.n_head <= cfg.n_embd && cfg.n_embd % cfg.n_head == 0, bb::ValueError,
+           "barbell-train: the width {} (--n-embd) must be a multiple of the {} heads (--n-head)", cfg.n_embd,
+           cfg.n_head);
   cfg.vocab_size = train_src->vocab_size();
   cfg.block_size = train_src->seq_len();
   cfg.dropout = args.dropout;
@@ -362,6 +481,21 @@ int run(const Args& args) {
   std::optional<bb::io::HFGPT2Config> hf;
   if (!args.init_from.empty())
     hf = init_config(args, cfg, train_src->vocab_size(), train_src->seq_len(), lead);
+  cfg.validate();
+  check_fits(cfg, std::max(local_batch, args.data.empty() ? local_batch : args.batch), dtype, device, args);
+  // The held-out problems for evaluation, then those for the samples, checked before training.
+  std::vector<std::pair<int64_t, int64_t>> held_out, sample_problems;
+  if (task) {
+    try {
+      held_out = task->held_out(args.eval_problems + args.samples);
+    } catch (const bb::ValueError& e) {
+      throw bb::ValueError(
+          fmt::format("barbell-train: --eval-problems {} + --samples {} with --digits {}: {}",
+                      args.eval_problems, args.samples, args.digits, e.what()));
+    }
+    sample_problems.assign(held_out.begin() + args.eval_problems, held_out.end());
+    held_out.resize(static_cast<size_t>(args.eval_problems));
+  }
   bb::manual_seed(args.seed);
   bb::nn::GPT model(cfg);
   if (hf) bb::io::load_hf_gpt2_weights(model, args.init_from);
@@ -392,51 +526,25 @@ int run(const Args& args) {
   const std::string ckpt = args.out + "/checkpoint.safetensors";
   const std::string metrics_path = args.out + "/metrics.jsonl";
   int64_t step = 0;
+  std::string resume_note;
   if (args.resume) {
-    auto f = bb::io::load_safetensors(ckpt);
-    auto meta = f.metadata;
-    BB_CHECK(meta.count("barbell.model") && meta["barbell.model"] == model_json(cfg), bb::ValueError,
-             "barbell-train: --resume: {} holds model {} but the flags give {}", ckpt,
-             meta.count("barbell.model") ? meta["barbell.model"] : "(none)", model_json(cfg));
-    bb::NamedTensors model_state, opt_state;
-    for (auto& [n, t] : f.tensors) {
-      if (n.rfind("optimizer.", 0) == 0) opt_state.emplace_back(n.substr(10), t);
-      else model_state.emplace_back(n, t);
-    }
-    model.load_state_dict(model_state);
-    opt->load_state_dict(opt_state);
-    json saved_run = json::parse(meta.count("barbell.run") ? meta["barbell.run"] : "{}", nullptr, false);
-    json now_run = run_json(args, dtype);
-    std::string diffs;
-    for (auto& [k, v] : now_run.items())
-      if (!saved_run.is_object() || !saved_run.contains(k) || saved_run[k] != v)
-        diffs += fmt::format(" --{}: checkpoint {}, now {};", k,
-                             saved_run.is_object() && saved_run.contains(k) ? saved_run[k].dump() : "(none)", v.dump());
-    BB_CHECK(diffs.empty(), bb::ValueError, "barbell-train: --resume: {} was trained with other settings:{}", ckpt,
-             diffs);
-    json st = json::parse(meta.at("barbell.train_state"));
-    step = st.at("step").get<int64_t>();
-    train_src->set_state(st.at("data"));
-    bb::default_generator().manual_seed(st.at("rng_seed").get<uint64_t>());
-    bb::default_generator().set_offset(st.at("rng_offset").get<uint64_t>());
-    if (rank > 0) bb::default_generator().manual_seed(st.at("rng_seed").get<uint64_t>() + rank_seed - args.seed);
+    train::ResumeExpect expect{train::model_json(cfg), run_json(args, dtype), train_src->state()};
+    const train::TrainState st = train::resume_checkpoint(ckpt, expect, model, *opt, &resume_note);
+    step = st.step;
+    train_src->set_state(st.data);
+    bb::default_generator().manual_seed(st.rng_seed);
+    bb::default_generator().set_offset(st.rng_offset);
+    if (rank > 0) bb::default_generator().manual_seed(st.rng_seed + rank_seed - args.seed);
     if (lead) fmt::print("resumed from {} at step {}\n", ckpt, step);
   }
-  if (args.resume && lead) {
-    // Drop what an interrupted run logged after its last checkpoint: those steps run again.
-    std::ifstream in(metrics_path);
-    std::string line, kept;
-    while (std::getline(in, line)) {
-      json m = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (!m.is_discarded() && m.contains("step") && m["step"].get<int64_t>() <= step) kept += line + "\n";
-    }
-    std::ofstream(metrics_path, std::ios::trunc) << kept;
-  }
-  std::ofstream metrics;  // rank 0 alone prints, logs, evaluates and writes checkpoints
-  if (lead) {
-    metrics.open(metrics_path, args.resume ? std::ios::app : std::ios::trunc);
-    BB_CHECK(metrics.good(), bb::IOError, "barbell-train: cannot write {}", metrics_path);
-  }
+  // Drop what an interrupted run logged after its last checkpoint: those steps run again.
+  std::string trim_note;
+  if (args.resume && lead) train::trim_metrics(metrics_path, step, &trim_note);
+  for (const std::string& note : {resume_note, trim_note})
+    if (lead && !note.empty()) fmt::print("{}\n", note);
+  if (lead && !threads_note.empty()) fmt::print("{}\n", threads_note);
+  train::MetricsLog metrics;  // rank 0 alone prints, logs, evaluates and writes checkpoints
+  if (lead) metrics = train::MetricsLog(metrics_path, args.resume);
 
   // Called on every rank: with --zero, state_dict() gathers the shards (a collective).
   auto save = [&](int64_t at_step) {
@@ -444,20 +552,18 @@ int run(const Args& args) {
     if (!lead) return;
     bb::NamedTensors all = model.state_dict();
     for (auto& [n, t] : opt_state) all.emplace_back("optimizer." + n, t);
-    json st = {{"step", at_step},
-               {"data", train_src->state()},
-               {"rng_seed", bb::default_generator().seed()},
-               {"rng_offset", bb::default_generator().offset()}};
+    train::TrainState st{at_step, train_src->state(), bb::default_generator().seed(),
+                         bb::default_generator().offset()};
+    // The log's lines up to this step are on disk before the checkpoint that contains them.
+    metrics.sync();
     bb::io::save_safetensors(ckpt, all,
                              {{"format", "pt"},
-                              {"barbell.model", model_json(cfg)},
+                              {"barbell.model", train::model_json(cfg)},
                               {"barbell.run", run_json(args, dtype).dump()},
-                              {"barbell.train_state", st.dump()},
+                              {"barbell.train_state", train::train_state_json(st)},
                               {"barbell.data", args.data.empty() ? "addition" : args.data}});
   };
 
-  std::vector<std::pair<int64_t, int64_t>> held_out;
-  if (task) held_out = task->held_out(args.eval_problems);
   auto evaluate = [&](int64_t at_step) {
     json m = {{"step", at_step}};
     model.eval();
@@ -473,7 +579,7 @@ int run(const Args& args) {
     }
     model.train();
     std::fflush(stdout);
-    metrics << m.dump() << "\n" << std::flush;
+    metrics.write(m);
     return m;
   };
 
@@ -538,9 +644,13 @@ int run(const Args& args) {
     double elapsed = std::chrono::duration<double>(Clock::now() - t_train).count();
     double tps = static_cast<double>((step - first_step) * tokens_per_step) / std::max(elapsed, 1e-9);
     double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(args.steps - step);
-    if (lead) metrics << json{{"step", step}, {"loss", l}, {"lr", lr}, {"grad_norm", gnorm}, {"tokens_per_s", tps},
-                    {"elapsed_s", elapsed}}.dump()
-            << "\n";
+    if (lead)
+      metrics.write(json{{"step", step},
+                         {"loss", l},
+                         {"lr", lr},
+                         {"grad_norm", gnorm},
+                         {"tokens_per_s", tps},
+                         {"elapsed_s", elapsed}});
     if (lead && (step % args.log_every == 0 || step == args.steps || tty)) {
       std::string line = fmt::format("step {:>5}/{} | loss {:.4f} | lr {:.2e} | {} tok/s | {:.0f} ms/step | ETA {}",
                                      step, args.steps, loss_ema, lr, fmt_rate(tps),
@@ -577,9 +687,7 @@ int run(const Args& args) {
   model.eval();
   if (task) {
     fmt::print("samples (held-out problems, greedy):\n");
-    auto probs = task->held_out(args.eval_problems + args.samples);
-    for (int64_t i = 0; i < args.samples; ++i) {
-      auto [a, b] = probs[static_cast<size_t>(args.eval_problems + i)];
+    for (const auto& [a, b] : sample_problems) {
       auto prompt = task->encode_prompt(a, b);
       auto out = model.generate(prompt, task->answer_len(), 0.0, 0, bb::io::AdditionTask::kEnd);
       std::vector<int32_t> ans(out.begin() + task->prompt_len(), out.end());
@@ -611,39 +719,83 @@ int main(int argc, char** argv) {
   barbell::prefer_passive_omp_wait(argv);
   Args a;
   CLI::App app{"barbell-train: train a GPT on the GPU or the CPU (synthetic addition by default, or --data FILE)"};
+  // Ranges: the validators above; sizes the memory cannot hold are refused by check_fits.
+  const CLI::Validator nonneg = real_flag(">= 0", [](double v) { return v >= 0; });
+  const CLI::Validator count = int_flag(0, INT64_MAX, ">= 0");
+  const CLI::Validator positive_count = int_flag(1, INT64_MAX, ">= 1");
   app.add_option("--data", a.data, "Text file (byte-level) or llm.c token shard (.bin); default: synthetic addition");
-  app.add_option("--preset", a.preset, "Model preset: tiny, small, medium, gpt2")->capture_default_str();
-  app.add_option("--n-layer", a.n_layer, "Override the preset's number of layers");
-  app.add_option("--n-head", a.n_head, "Override the preset's number of heads");
-  app.add_option("--n-embd", a.n_embd, "Override the preset's width");
-  app.add_option("--steps", a.steps, "Training steps")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--batch", a.batch, "Sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--seq-len", a.seq_len, "Context length with --data")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--lr", a.lr, "Peak learning rate")->capture_default_str();
-  app.add_option("--min-lr", a.min_lr, "Final learning rate of the cosine schedule")->capture_default_str();
-  app.add_option("--warmup", a.warmup, "Linear warm-up steps")->capture_default_str();
-  app.add_option("--weight-decay", a.weight_decay, "AdamW weight decay (2-D weights only)")->capture_default_str();
-  app.add_option("--grad-clip", a.grad_clip, "Global gradient-norm clip")->capture_default_str();
-  app.add_option("--dropout", a.dropout, "Dropout probability")->capture_default_str();
-  app.add_option("--seed", a.seed, "Seed for initialisation, data and dropout")->capture_default_str();
+  app.add_option("--preset", a.preset, "Model preset: tiny, small, medium, gpt2")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tiny", "small", "medium", "gpt2"}));
+  app.add_option("--n-layer", a.n_layer, "Override the preset's number of layers (0: the preset's)")
+      ->check(count);
+  app.add_option("--n-head", a.n_head, "Override the preset's number of heads (0: the preset's)")
+      ->check(count);
+  app.add_option("--n-embd", a.n_embd,
+                 "Override the preset's width, a multiple of the heads (0: the preset's)")
+      ->check(count);
+  app.add_option("--steps", a.steps, "Training steps")
+      ->capture_default_str()
+      ->check(int_flag(1, kMaxSteps, "in [1, 2^53]"));
+  app.add_option("--batch", a.batch, "Sequences per step")->capture_default_str()->check(positive_count);
+  app.add_option("--seq-len", a.seq_len, "Context length with --data")
+      ->capture_default_str()
+      ->check(int_flag(1, INT32_MAX, "in [1, 2^31 - 1]"));
+  app.add_option("--lr", a.lr, "Peak learning rate")->capture_default_str()->check(nonneg);
+  app.add_option("--min-lr", a.min_lr, "Final learning rate of the cosine schedule")
+      ->capture_default_str()
+      ->check(nonneg);
+  app.add_option("--warmup", a.warmup, "Linear warm-up steps")->capture_default_str()->check(count);
+  app.add_option("--weight-decay", a.weight_decay, "AdamW weight decay (2-D weights only)")
+      ->capture_default_str()
+      ->check(nonneg);
+  app.add_option("--grad-clip", a.grad_clip, "Global gradient-norm clip")
+      ->capture_default_str()
+      ->check(real_flag("> 0", [](double v) { return v > 0; }));
+  app.add_option("--dropout", a.dropout, "Dropout probability")
+      ->capture_default_str()
+      ->check(real_flag("in [0, 1)", [](double v) { return v >= 0 && v < 1; }));
+  app.add_option("--seed", a.seed, "Seed for initialisation, data and dropout")
+      ->capture_default_str()
+      ->check(u64_flag());
   app.add_option("--out", a.out, "Output directory (checkpoint.safetensors, metrics.jsonl)")->capture_default_str();
   app.add_flag("--resume", a.resume, "Continue from the checkpoint in --out");
-  app.add_option("--save-every", a.save_every, "Checkpoint every N steps (0: only at the end)")->capture_default_str();
-  app.add_option("--eval-every", a.eval_every, "Evaluate every N steps (0: only at the end)")->capture_default_str();
-  app.add_option("--log-every", a.log_every, "Print a progress line every N steps")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--eval-problems", a.eval_problems, "Held-out addition problems to evaluate")->capture_default_str();
-  app.add_option("--samples", a.samples, "Sample completions printed at the end")->capture_default_str();
-  app.add_option("--time-limit", a.time_limit, "Stop training after this many seconds (0: no limit)")->capture_default_str();
+  app.add_option("--save-every", a.save_every, "Checkpoint every N steps (0: only at the end)")
+      ->capture_default_str()
+      ->check(count);
+  app.add_option("--eval-every", a.eval_every, "Evaluate every N steps (0: only at the end)")
+      ->capture_default_str()
+      ->check(count);
+  app.add_option("--log-every", a.log_every, "Print a progress line every N steps")
+      ->capture_default_str()
+      ->check(positive_count);
+  app.add_option("--eval-problems", a.eval_problems, "Held-out addition problems to evaluate")
+      ->capture_default_str()
+      ->check(int_flag(0, kMaxEvalProblems, "in [0, 1000000]"));
+  app.add_option("--samples", a.samples, "Sample completions printed at the end")
+      ->capture_default_str()
+      ->check(int_flag(0, 10000, "in [0, 10000]"));
+  app.add_option("--time-limit", a.time_limit, "Stop training after this many seconds (0: no limit)")
+      ->capture_default_str()
+      ->check(nonneg);
   app.add_option("--device", a.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--attention", a.attention,
                  "Attention backend: auto (flash kernels on a GPU where they apply), flash, cudnn, math")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "flash", "cudnn", "math"}));
   app.add_option("--dtype", a.dtype, "Compute dtype: auto (bf16 on a GPU, f32 on the CPU), f32, bf16, f16")
-      ->capture_default_str();
-  app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "bf16", "f16"}));
+  app.add_option("--digits", a.digits, "Digits per operand in the addition task")
+      ->capture_default_str()
+      ->check(int_flag(1, 9, "in [1, 9]"));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
-  app.add_option("--threads", a.threads, "CPU threads for OpenMP and OpenBLAS (0: all cores)")->capture_default_str();
+  app.add_option("--threads", a.threads,
+                 "CPU threads for OpenMP and OpenBLAS (0: all cores; more than the cores available: capped)")
+      ->capture_default_str()
+      ->check(int_flag(0, kMaxThreads, "in [0, 1024]"));
+  app.add_flag("--force-threads", a.force_threads,
+               "Use --threads even where it is more than the cores available");
   app.add_option(
       "--init-from", a.init_from,
       "Start from a Hugging Face GPT-2 folder (config.json, model.safetensors): its sizes and weights");
@@ -658,9 +810,17 @@ int main(int argc, char** argv) {
   try {
     return run(a);
   } catch (const std::exception& e) {
-    fmt::print(stderr, "\nerror: {}\n", e.what());
+    // check_fits refuses what cannot fit; an allocation can still fail where the estimate is low.
+    const std::string what = dynamic_cast<const std::bad_alloc*>(&e)
+                                 ? fmt::format(
+                                       "barbell-train: out of memory ({}) with --batch {}, {} preset "
+                                       "--n-layer {} --n-embd {}: use a "
+                                       "smaller batch, context or model",
+                                       e.what(), a.batch, a.preset, a.n_layer, a.n_embd)
+                                 : std::string(e.what());
+    fmt::print(stderr, "\nerror: {}\n", what);
     // Under mpirun the other ranks may be waiting in a collective: end them all.
-    if (barbell::dist::launched_by_mpi()) barbell::dist::abort_job(fmt::format("barbell-train: {}", e.what()));
+    if (barbell::dist::launched_by_mpi()) barbell::dist::abort_job(fmt::format("barbell-train: {}", what));
     return 1;
   }
 }

@@ -6,7 +6,7 @@ set -euo pipefail
 required=(build-essential cmake ninja-build catch2 libfmt-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
   libcli11-dev libopenmpi-dev openmpi-bin python3
   mount  # mount: tests/cpu_only hides the vendor libraries with bind mounts
-  clang)  # clang: the emulated device's build (its instrumentation; scripts/test-emulated.sh)
+  clang libclang-rt-14-dev libomp-14-dev)  # clang: the emulated device's build (its instrumentation) and the fuzzers (libFuzzer, clang's OpenMP)
 # Only scripts/plot_metrics.py needs these; a failure to install them is a warning.
 optional=(python3-matplotlib)
 

@@ -1,5 +1,6 @@
 // Tests of barbell::io: safetensors (round trips, the exact bytes, every corruption the
 // loader must catch, atomic saves), the byte tokenizer, token shards and DataLoader.
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -157,19 +158,24 @@ TEST_CASE("io: safetensors writes the exact Hugging Face byte layout", "[io]") {
   io::save_safetensors(path, map, {{"format", "pt"}});
 
   // Header in the caller's order; data widest dtype first (i, w, h, b) so each tensor
-  // is aligned to its element size; header padded with spaces to 8 bytes.
-  std::string header = R"({"__metadata__":{"format":"pt"},)"
+  // is aligned to its element size; each tensor's CRC-32C (of its bytes in the file) in the
+  // metadata after the caller's keys; header padded with spaces to 8 bytes.
+  const std::string i_bytes("\x07\x00\x00\x00\x00\x00\x00\x00", 8);  // i = 7
+  const std::string w_bytes =
+      std::string("\x00\x00\x80\x3f", 4) + std::string("\x00\x00\x00\xc0", 4);  // 1, -2
+  const std::string b_bytes("\x01\x00\x01", 3);
+  auto crc = [](const std::string& b) { return fmt::format("{:08x}", io::crc32c(b.data(), b.size())); };
+  REQUIRE(crc("") == "00000000");
+  // (The metadata's keys come sorted.)
+  std::string header = R"({"__metadata__":{"barbell.crc32c":"{\"w\":\")" + crc(w_bytes) + R"(\",\"i\":\")" +
+                       crc(i_bytes) + R"(\",\"h\":\"00000000\",\"b\":\")" + crc(b_bytes) +
+                       R"(\"}","format":"pt"},)"
                        R"("w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
                        R"("i":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
                        R"("h":{"dtype":"F16","shape":[0,3],"data_offsets":[16,16]},)"
-                       R"("b":{"dtype":"BOOL","shape":[3],"data_offsets":[16,19]}})"
-                       "    ";
-  REQUIRE(header.size() == 256);
-  std::string expected = std::string("\x00\x01\x00\x00\x00\x00\x00\x00", 8) + header +
-                         std::string("\x07\x00\x00\x00\x00\x00\x00\x00", 8) +  // i = 7
-                         std::string("\x00\x00\x80\x3f", 4) +                  // w[0] = 1.0f
-                         std::string("\x00\x00\x00\xc0", 4) +                  // w[1] = -2.0f
-                         std::string("\x01\x00\x01", 3);                       // b
+                       R"("b":{"dtype":"BOOL","shape":[3],"data_offsets":[16,19]}})";
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string expected = le64(header.size()) + header + i_bytes + w_bytes + b_bytes;
   REQUIRE(read_bytes(path) == expected);
 
   // Files written by other writers (this one in the reference writer's own layout,
@@ -179,6 +185,7 @@ TEST_CASE("io: safetensors writes the exact Hugging Face byte layout", "[io]") {
       R"("data_offsets":[4,8]}})";
   write_bytes(path, st_file(ref, std::string("\x80\x3f\x00\x40", 4) + std::string("\xff\xff\xff\xff", 4)));
   io::Safetensors st = io::load_safetensors(path);
+  REQUIRE_FALSE(st.checksums_verified);  // another writer's file: no checksums
   REQUIRE(st.tensors[0].first == "b");
   REQUIRE(st.at("b").to_vector<float>() == std::vector<float>{1.0f, 2.0f});
   REQUIRE(st.at("a").to_vector<int32_t>() == std::vector<int32_t>{-1});
@@ -209,21 +216,95 @@ TEST_CASE("io: safetensors load rejects every kind of corrupt file", "[io]") {
     io::save_safetensors(path, {{"x", make_tensor(bb::kF32, {3, 4}, 5)}});
     const std::string good = read_bytes(path);
     const uint64_t n = static_cast<unsigned char>(good[0]) | static_cast<unsigned char>(good[1]) << 8;
-    int rejected = 0;
+    // A flip in the checksum key's name makes it plain metadata: the file then loads as
+    // one without checksums, and says so.
+    const size_t key_at = good.find(io::kChecksumMetadataKey);
+    REQUIRE(key_at != std::string::npos);
+    const size_t key_end = key_at + std::string(io::kChecksumMetadataKey).size();
+    int rejected = 0, unverified = 0;
     for (size_t pos = 0; pos < 8 + n; ++pos) {
       std::string bad = good;
       bad[pos] = static_cast<char>(bad[pos] ^ 0x5a);
       write_bytes(path, bad);
       try {
-        io::load_safetensors(path);
+        io::Safetensors f = io::load_safetensors(path);
+        INFO("flip at " << pos << " loaded");
+        REQUIRE((pos >= key_at && pos < key_end));
+        REQUIRE_FALSE(f.checksums_verified);
+        ++unverified;
       } catch (const bb::IOError& e) {
         REQUIRE_THAT(e.what(), Contains(path));
         ++rejected;
       }
     }
-    // With this mask every flip breaks the JSON, a key, a number or the length ('x'
-    // becomes '"', a space 'z'), and any other exception type fails the test.
-    REQUIRE(rejected == static_cast<int>(8 + n));
+    // With this mask every other flip breaks the JSON, a key, a number, a checksum or the
+    // length ('x' becomes '"', a space 'z'), and any other exception type fails the test.
+    REQUIRE(rejected + unverified == static_cast<int>(8 + n));
+    REQUIRE(unverified <= static_cast<int>(key_end - key_at));
+  }
+  SECTION("flipped data bytes: the checksum names the damaged tensor") {
+    io::save_safetensors(path,
+                         {{"x", make_tensor(bb::kF32, {3, 4}, 5)}, {"y", make_tensor(bb::kI64, {2}, 6)}});
+    const std::string good = read_bytes(path);
+    REQUIRE(io::load_safetensors(path).checksums_verified);
+    const uint64_t n = static_cast<unsigned char>(good[0]) | static_cast<unsigned char>(good[1]) << 8;
+    // y (I64, 16 bytes) is laid out first, then x.
+    for (size_t pos = 8 + n; pos < good.size(); ++pos) {
+      std::string bad = good;
+      bad[pos] = static_cast<char>(bad[pos] ^ 0x01);
+      INFO("flip at " << pos);
+      expect_error(
+          bad, pos < 8 + n + 16 ? "tensor 'y': its bytes are damaged" : "tensor 'x': its bytes are damaged");
+    }
+  }
+  SECTION("checksum metadata") {
+    const std::string body(8, '\0');
+    const std::string sum = fmt::format("{:08x}", io::crc32c(body.data(), 8));
+    auto with_sums = [&](const std::string& sums) {
+      std::string q;
+      for (char c : sums) q += c == '"' ? std::string("\\\"") : std::string(1, c);
+      return st_file(R"({"__metadata__":{"barbell.crc32c":")" + q + R"("},)" + kGoodEntry + "}", body);
+    };
+    write_bytes(path, with_sums(R"({"a":")" + sum + R"("})"));
+    io::Safetensors ok = io::load_safetensors(path);
+    REQUIRE(ok.checksums_verified);
+    REQUIRE(ok.metadata.empty());  // the checksums are not handed back as metadata
+    expect_error(with_sums(R"({"a":"00000001"})"), "its bytes are damaged");
+    expect_error(with_sums(R"({"a":"xyz"})"), "not 8 hex digits");
+    expect_error(with_sums(R"({"a":7})"), "not 8 hex digits");
+    expect_error(with_sums(R"({})"), "tensor 'a' has no checksum");
+    expect_error(with_sums(R"({"a":")" + sum + R"(","b":"00000000"})"), "a tensor the file does not hold");
+    expect_error(with_sums(R"({"a":")" + sum + R"(","a":"00000000"})"), "appears twice");
+    expect_error(with_sums("[1]"), "not a JSON object");
+    expect_error(with_sums("{"), "not valid JSON");
+    expect_error(with_sums(std::string(100000, '[') + std::string(100000, ']')), "nested deeper");
+  }
+  SECTION("bounds checked while parsing: depth, dimensions, tensors, duplicates, empty names") {
+    const std::string body(8, '\0');
+    // The header of ~100,000 nested arrays that overflowed the stack (issue 11).
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    expect_error(st_file(R"({"a":{"dtype":"F32","shape":)" + deep + R"(,"data_offsets":[0,0]}})", ""),
+                 "nested deeper than 8 levels");
+    expect_error(st_file(deep, ""), "nested deeper");
+    expect_error(st_file(R"({"__metadata__":{"k":)" + deep + "}}", ""), "nested deeper");
+    std::string dims65 = "[1";
+    for (int i = 0; i < 64; ++i) dims65 += ",1";
+    expect_error(st_file(R"({"a":{"dtype":"F32","shape":)" + dims65 + R"(],"data_offsets":[0,4]}})",
+                         std::string(4, '\0')),
+                 "more than 64 elements");
+    std::string many = "{";
+    for (int i = 0; i <= (1 << 18) + 1; ++i) many += fmt::format("{}\"t{}\":0", i ? "," : "", i);
+    expect_error(st_file(many + "}", ""), "more than 262145 keys");
+    expect_error(st_file("{" + kGoodEntry + "," + kGoodEntry + "}", body), "the key 'a' appears twice");
+    expect_error(st_file(R"({"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}})", body),
+                 "the key 'dtype' appears twice");
+    expect_error(st_file(R"({"":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", body), "empty name");
+    // Exactly 64 dimensions load.
+    std::string dims64 = "[1";
+    for (int i = 0; i < 63; ++i) dims64 += ",1";
+    write_bytes(path, st_file(R"({"a":{"dtype":"F32","shape":)" + dims64 + R"(],"data_offsets":[0,4]}})",
+                              std::string(4, '\0')));
+    REQUIRE(io::load_safetensors(path).at("a").dim() == 64);
   }
   SECTION("header length") {
     expect_error("1234567", "too short");
@@ -308,6 +389,8 @@ TEST_CASE("io: safetensors save is atomic and validates its arguments", "[io]") 
     REQUIRE_THROWS_WITH(io::save_safetensors(path, {{"__metadata__", b}}), Contains("reserved"));
     REQUIRE_THROWS_WITH(io::save_safetensors(path, {{"u", bb::Tensor()}}), Contains("'u' is undefined"));
     REQUIRE_THROWS_WITH(io::save_safetensors(path, {{std::string("\xff\xfe"), b}}), Contains("UTF-8"));
+    REQUIRE_THROWS_WITH(io::save_safetensors(path, {{"b", b}}, {{io::kChecksumMetadataKey, "x"}}),
+                        Contains("reserved") && Contains(io::kChecksumMetadataKey));
     REQUIRE(read_bytes(path) == good);
     REQUIRE(dir_entries(dir) == std::vector<std::string>{"model.safetensors"});
   }
@@ -330,12 +413,51 @@ TEST_CASE("io: safetensors save is atomic and validates its arguments", "[io]") 
     require_same(io::load_safetensors(path).at("c"), c);
     REQUIRE(dir_entries(dir) == std::vector<std::string>{"model.safetensors"});
   }
+  SECTION("temp files of killed writers are removed by the next save, a live writer's are not") {
+    // A pid that is surely dead: a child that has exited and been reaped.
+    const pid_t child = ::fork();
+    if (child == 0) ::_exit(0);
+    REQUIRE(child > 0);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    const std::string dead = path + ".tmp." + std::to_string(static_cast<long long>(child));
+    const std::string live = path + ".tmp." + std::to_string(static_cast<long long>(::getppid()));
+    const std::string other = dir + "/other.safetensors.tmp." + std::to_string(static_cast<long long>(child));
+    const std::string odd = path + ".tmp.notapid";
+    for (const auto& f : {dead, live, other, odd}) write_bytes(f, "an interrupted write");
+    io::save_safetensors(path, {{"a", a}});
+    REQUIRE_FALSE(fs::exists(dead));
+    REQUIRE(fs::exists(live));   // its writer may still be writing
+    REQUIRE(fs::exists(other));  // another file's temp files are that file's saves' business
+    REQUIRE(fs::exists(odd));
+    for (const auto& f : {live, other, odd}) fs::remove(f);
+  }
   SECTION("a missing directory is an IOError naming the path") {
     std::string bad = dir + "/no/such/dir/model.safetensors";
     REQUIRE_THROWS_AS(io::save_safetensors(bad, {{"a", a}}), bb::IOError);
     REQUIRE_THROWS_WITH(io::save_safetensors(bad, {{"a", a}}), Contains(bad) && Contains("save_safetensors"));
     REQUIRE(read_bytes(path) == good);
   }
+}
+
+TEST_CASE("io: CRC-32C", "[io]") {
+  const std::string check = "123456789";
+  REQUIRE(io::crc32c(check.data(), check.size()) == 0xE3069283u);  // the standard check value
+  REQUIRE(io::detail::crc32c_portable(check.data(), check.size()) == 0xE3069283u);
+  REQUIRE(io::crc32c(nullptr, 0) == 0u);
+  const std::string zeros(32, '\0');
+  REQUIRE(io::crc32c(zeros.data(), zeros.size()) == 0x8A9136AAu);  // RFC 3720's 32 zero bytes
+  // Both paths agree on every length and alignment, and chaining equals one pass.
+  std::string data(1000, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 131 + 7) & 0xff);
+  for (size_t off : {0, 1, 3, 7})
+    for (size_t len : {0, 1, 7, 8, 9, 63, 64, 65, 500, 993}) {
+      INFO("offset " << off << " length " << len);
+      const uint32_t c = io::crc32c(data.data() + off, len);
+      REQUIRE(c == io::detail::crc32c_portable(data.data() + off, len));
+      REQUIRE(c ==
+              io::crc32c(data.data() + off + len / 2, len - len / 2, io::crc32c(data.data() + off, len / 2)));
+    }
 }
 
 TEST_CASE("io: byte tokenizer round trip and bad ids", "[io]") {

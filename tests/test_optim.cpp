@@ -458,3 +458,121 @@ TEST_CASE("adamw_multi_step_ equals one adamw_step_ per parameter", "[optim][ada
   REQUIRE_THROWS_AS(bb::adamw_multi_step_(bad, 1e-2, 0.9, 0.95, 1e-8), bb::ValueError);
   REQUIRE(bbtest::max_abs_diff(ps[0], before) == 0.0);
 }
+
+TEST_CASE("Optimizers refuse options outside PyTorch's ranges", "[optim][validate]") {
+  const double nan = std::nan(""), inf = INFINITY;
+  auto adamw = [](auto set) {
+    bb::Tensor w = param({1, 2}, {2});
+    optim::AdamWOptions o;
+    set(o);
+    optim::AdamW opt({{"w", w}}, o);
+  };
+  using AO = optim::AdamWOptions;
+  REQUIRE_NOTHROW(adamw([](AO&) {}));
+  REQUIRE_NOTHROW(adamw([](AO& o) { o.lr = 0; }));     // PyTorch takes lr = 0
+  REQUIRE_NOTHROW(adamw([](AO& o) { o.beta1 = 0; }));  // and beta1 = 0 (RMSProp-like)
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.beta1 = 1; }),
+                      Contains("AdamW") && Contains("beta1") && Contains("1"));
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.beta2 = 1.5; }), Contains("beta2") && Contains("1.5"));
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.beta1 = -0.1; }), Contains("beta1") && Contains("-0.1"));
+  REQUIRE_THROWS_WITH(adamw([nan](AO& o) { o.beta2 = nan; }), Contains("beta2") && Contains("nan"));
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.lr = -1e-3; }), Contains("learning rate") && Contains("-0.001"));
+  REQUIRE_THROWS_WITH(adamw([nan](AO& o) { o.lr = nan; }), Contains("learning rate") && Contains("nan"));
+  REQUIRE_THROWS_WITH(adamw([inf](AO& o) { o.lr = inf; }), Contains("learning rate") && Contains("inf"));
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.eps = 0; }), Contains("eps") && Contains("0 / 0"));
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.eps = -1e-8; }), Contains("eps"));
+  REQUIRE_THROWS_WITH(adamw([](AO& o) { o.weight_decay = -0.1; }),
+                      Contains("weight_decay") && Contains("-0.1"));
+  REQUIRE_THROWS_AS(adamw([](AO& o) { o.beta1 = 1; }), bb::ValueError);
+
+  auto sgd = [](auto set) {
+    bb::Tensor w = param({1, 2}, {2});
+    optim::SGDOptions o;
+    set(o);
+    optim::SGD opt({{"w", w}}, o);
+  };
+  using SO = optim::SGDOptions;
+  REQUIRE_NOTHROW(sgd([](SO& o) {
+    o.momentum = 0.9;
+    o.nesterov = true;
+  }));
+  REQUIRE_THROWS_WITH(sgd([](SO& o) { o.momentum = -0.5; }),
+                      Contains("SGD") && Contains("momentum") && Contains("-0.5"));
+  REQUIRE_THROWS_WITH(sgd([](SO& o) { o.nesterov = true; }), Contains("Nesterov"));
+  REQUIRE_THROWS_WITH(sgd([nan](SO& o) { o.lr = nan; }), Contains("learning rate") && Contains("nan"));
+  REQUIRE_THROWS_WITH(sgd([](SO& o) { o.weight_decay = -1; }), Contains("weight_decay"));
+
+  // The options are public fields: step() checks them again; set_lr checks its argument.
+  bb::Tensor w = param({1, 2}, {2});
+  optim::AdamW opt({{"w", w}}, {});
+  REQUIRE_THROWS_WITH(opt.set_lr(nan), Contains("AdamW set_lr") && Contains("nan"));
+  REQUIRE_THROWS_WITH(opt.set_lr(-1), Contains("-1"));
+  REQUIRE(opt.lr() == 1e-3);
+  opt.options.beta1 = 1;
+  set_grad(w, {1, 1});
+  REQUIRE_THROWS_WITH(opt.step(), Contains("beta1"));
+  REQUIRE(w.to_vector<double>() == Vec{1, 2});
+  REQUIRE(opt.steps() == 0);
+
+  REQUIRE_THROWS_WITH(optim::CosineSchedule(nan, 0, 1, 10), Contains("CosineSchedule") && Contains("nan"));
+  REQUIRE_THROWS_WITH(optim::CosineSchedule(1, -1, 1, 10), Contains("min_lr"));
+  REQUIRE_THROWS_WITH(optim::clip_grad_norm_({w}, nan), Contains("max_norm") && Contains("nan"));
+}
+
+TEST_CASE("Optimizers refuse a parameter list with a tensor twice", "[optim][validate]") {
+  bb::Tensor w = param({1, 2, 3, 4}, {2, 2}), v = param({1, 2}, {2});
+  REQUIRE_THROWS_WITH(optim::AdamW({{"a", w}, {"b", v}, {"c", w}}, {}),
+                      Contains("same tensor is listed twice") && Contains("'a'") && Contains("'c'"));
+  REQUIRE_THROWS_WITH(optim::SGD({{"a", w}, {"b", w}}, {}), Contains("SGD") && Contains("twice"));
+  // The same memory under another handle.
+  REQUIRE_THROWS_WITH(optim::AdamW({{"a", w}, {"b", w.detach().requires_grad_(true)}}, {}),
+                      Contains("share memory") && Contains("'a'") && Contains("'b'"));
+  // Two rows of one matrix do not overlap: allowed.
+  bb::Tensor base = bb::zeros({2, 3}, {bb::kF64});
+  REQUIRE_NOTHROW(optim::SGD({{"r0", base.select(0, 0)}, {"r1", base.select(0, 1)}}, {}));
+  REQUIRE_THROWS_WITH(optim::AdamW({{"w", w}, {"w", v}}, {}), Contains("name 'w' is listed twice"));
+  // A non-leaf never gets a .grad: PyTorch refuses it ("can't optimize a non-leaf Tensor").
+  bb::Tensor nonleaf = bb::mul(w, 2.0);
+  REQUIRE_THROWS_WITH(optim::AdamW({{"x", nonleaf}}, {}), Contains("'x'") && Contains("not a leaf"));
+  REQUIRE_THROWS_AS(optim::AdamW({{"i", bb::zeros({2}, {bb::kI64})}}, {}), bb::DTypeError);
+}
+
+TEST_CASE("Optimizer load_state_dict refuses damaged values", "[optim][state][validate]") {
+  bb::Tensor w = param({1, 2, 3, 4}, {2, 2});
+  optim::AdamW opt({{"w", w}}, {});
+  set_grad(w, {1, -1, 0.5, 2});
+  opt.step();
+  const auto good = opt.state_dict();
+  auto with = [&](const std::string& name, bb::Tensor t) {
+    auto s = good;
+    for (auto& [n, v] : s)
+      if (n == name) v = t;
+    return s;
+  };
+  bb::Tensor w2 = param({1, 2, 3, 4}, {2, 2});
+  optim::AdamW other({{"w", w2}}, {});
+  REQUIRE_THROWS_WITH(other.load_state_dict(with("step", bb::from_vector<double>({1e300}, {}, {bb::kF64}))),
+                      Contains("'step'") && Contains("1e+300"));
+  REQUIRE_THROWS_WITH(other.load_state_dict(with("step", bb::from_vector<int64_t>({-3}, {}))),
+                      Contains("'step'") && Contains("-3"));
+  REQUIRE_THROWS_WITH(other.load_state_dict(with("step", bb::from_vector<double>({2.5}, {}, {bb::kF64}))),
+                      Contains("2.5") && Contains("whole number"));
+  REQUIRE_THROWS_WITH(other.load_state_dict(with("w.step", bb::from_vector<int64_t>({5}, {}))),
+                      Contains("'w.step'") && Contains("5"));  // more updates than steps
+  REQUIRE_THROWS_WITH(other.load_state_dict(
+                          with("w.exp_avg_sq", bb::from_vector<double>({1, -0.5, 1, 1}, {2, 2}, {bb::kF64}))),
+                      Contains("'w.exp_avg_sq'") && Contains("-0.5") && Contains("flat index 1"));
+  REQUIRE_THROWS_WITH(other.load_state_dict(with(
+                          "w.exp_avg", bb::from_vector<double>({1, 1, std::nan(""), 1}, {2, 2}, {bb::kF64}))),
+                      Contains("'w.exp_avg'") && Contains("nan"));
+  REQUIRE_THROWS_AS(other.load_state_dict(with("w.exp_avg", bb::zeros({2, 2}, {bb::kI64}))), bb::DTypeError);
+  REQUIRE_THROWS_AS(other.load_state_dict(with("step", bb::from_vector<int64_t>({1, 2}, {2}))),
+                    bb::ShapeError);
+  auto twice = good;
+  twice.push_back(good[1]);
+  REQUIRE_THROWS_WITH(other.load_state_dict(twice), Contains("twice"));
+  // Nothing changed, and the good state still loads; a float step holding an integer does too.
+  REQUIRE(other.steps() == 0);
+  other.load_state_dict(with("step", bb::from_vector<double>({1}, {}, {bb::kF64})));
+  REQUIRE(other.steps() == 1);
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CTest train.resume: barbell-train continues a run from its checkpoint with exactly the losses of an
-# uninterrupted run, refuses a checkpoint of another model, and lists its flags in --help.
+# uninterrupted run, refuses a checkpoint of another model or with damaged bytes, drops a torn metrics
+# line, removes dead writers' temp files, and lists its flags in --help.
 # Usage: train_resume_test.sh BARBELL_TRAIN WORKDIR
 set -euo pipefail
 
@@ -94,6 +95,37 @@ cmp -s "$work/checkpoint.before" "$work/resumed/checkpoint.safetensors" ||
   fail "the refused resume changed the checkpoint"
 cmp -s "$work/metrics.before" "$work/resumed/metrics.jsonl" || fail "the refused resume changed metrics.jsonl"
 grep "error:" "$work/mismatch.log"
+
+echo "== a damaged checkpoint byte is detected by its checksum; the previous files stay as they were"
+cp "$work/checkpoint.before" "$work/damaged.safetensors"
+mkdir -p "$work/damaged"
+cp "$work/metrics.before" "$work/damaged/metrics.jsonl"
+# Flip one bit 1000 bytes before the end: inside the last tensor's bytes.
+size=$(stat -c %s "$work/damaged.safetensors")
+python3 - "$work/damaged.safetensors" "$((size - 1000))" <<'PY'
+import sys
+path, pos = sys.argv[1], int(sys.argv[2])
+b = bytearray(open(path, "rb").read())
+b[pos] ^= 1
+open(path, "wb").write(bytes(b))
+PY
+cp "$work/damaged.safetensors" "$work/damaged/checkpoint.safetensors"
+run_fails damaged.log --steps 30 --out "$work/damaged" --resume
+expect_log damaged.log "error: load_safetensors: .*damaged/checkpoint.safetensors: tensor '.*': its bytes are damaged"
+cmp -s "$work/damaged.safetensors" "$work/damaged/checkpoint.safetensors" || fail "the refused resume changed the checkpoint"
+
+echo "== a line cut short by a kill is dropped on resume; temp files of dead writers are removed"
+rm -rf "$work/torn"
+run_ok torn1.log --steps 15 --save-every 0 --out "$work/torn"
+printf '{"step":16,"lo' >> "$work/torn/metrics.jsonl"
+# A pid that is no process: a subshell that has exited.
+dead_pid=$(bash -c 'echo $$')
+touch "$work/torn/checkpoint.safetensors.tmp.$dead_pid"
+run_ok torn.log --steps 30 --save-every 15 --out "$work/torn" --resume
+expect_log torn.log "note: .*metrics.jsonl: dropped line 17, cut short"
+[ ! -e "$work/torn/checkpoint.safetensors.tmp.$dead_pid" ] || fail "a dead writer's temp file was left"
+steps_of "$work/torn/metrics.jsonl" > "$work/torn.steps"
+diff "$full" "$work/torn.steps" || fail "after the torn line the log differs from the uninterrupted run's"
 
 echo "== --resume without a checkpoint is refused"
 run_fails empty.log --steps 30 --out "$work/empty" --resume

@@ -15,6 +15,7 @@
 #include "barbell/nn/nn.hpp"
 #include "barbell/optim/optim.hpp"
 #include "barbell/io/addition.hpp"
+#include "barbell/io/checksum.hpp"
 #include "barbell/io/data.hpp"
 #include "barbell/io/gpt2_tokenizer.hpp"
 #include "barbell/io/hf_gpt2.hpp"

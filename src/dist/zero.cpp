@@ -9,6 +9,7 @@
 #include "barbell/autograd/autograd.hpp"
 #include "barbell/dist/data_parallel.hpp"
 #include "barbell/ops/ops.hpp"
+#include "optim/validate.hpp"
 
 namespace barbell::dist {
 
@@ -32,8 +33,9 @@ Tensor flat_piece(const Tensor& p, int64_t b, int64_t len) {
 }  // namespace
 
 ZeroAdamW::ZeroAdamW(NamedTensors params, ProcessGroupPtr pg, ZeroAdamWOptions opts)
-    : Optimizer(std::move(params)), options(opts), pg_(std::move(pg)) {
+    : Optimizer(std::move(params), "ZeroAdamW"), options(opts), pg_(std::move(pg)) {
   BB_CHECK(pg_ != nullptr, ValueError, "ZeroAdamW: null process group");
+  check_options();
   lr_ = opts.lr;
   const int world = pg_->size(), rank = pg_->rank();
   uint64_t h = 0xcbf29ce484222325ull;
@@ -90,7 +92,16 @@ void ZeroAdamW::init_master(Group& g) {
     g.master.narrow(0, s.shard_begin, s.len).copy_(flat_piece(params_[s.param].second, s.param_begin, s.len));
 }
 
+void ZeroAdamW::check_options() const {
+  optim::detail::check_adamw_options("ZeroAdamW", options);
+  BB_CHECK(options.max_grad_norm >= 0 && !std::isnan(options.max_grad_norm), ValueError,
+           "ZeroAdamW: max_grad_norm must be >= 0 (0: no clipping), got {}", options.max_grad_norm);
+}
+
 void ZeroAdamW::step() {
+  // The options are public fields: checked again, as they may have changed since construction.
+  check_options();
+  optim::detail::check_lr("ZeroAdamW", lr_);
   NoGradGuard ng;
   ++step_;
   // 1. Gradients into the flat vectors; reduce-scatter (average) all groups, then wait.
@@ -215,34 +226,44 @@ NamedTensors ZeroAdamW::state_dict() const {
 }
 
 void ZeroAdamW::load_state_dict(const NamedTensors& state) {
-  std::map<std::string, Tensor> by(state.begin(), state.end());
+  std::map<std::string, Tensor> by;
+  for (const auto& [name, t] : state)
+    BB_CHECK(by.emplace(name, t).second, ValueError,
+             "ZeroAdamW load_state_dict: the entry '{}' is there twice", name);
   auto st = by.find("step");
-  BB_CHECK(st != by.end() && st->second.numel() == 1, ValueError,
-           "ZeroAdamW load_state_dict: no 'step' entry");
+  BB_CHECK(st != by.end(), ValueError, "ZeroAdamW load_state_dict: no 'step' entry");
+  const int64_t step = optim::detail::state_step("ZeroAdamW", "step", st->second, optim::detail::kMaxStep);
+  std::vector<int64_t> psteps(params_.size(), 0);
   std::map<std::string, int> known{{"step", 0}};
-  for (auto& [n, p] : params_) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& [n, p] = params_[i];
     known[n + ".step"] = 0;
+    auto ps = by.find(n + ".step");
+    if (ps != by.end()) psteps[i] = optim::detail::state_step("ZeroAdamW", n + ".step", ps->second, step);
     for (const char* slot : {"exp_avg", "exp_avg_sq", "master"}) {
       std::string name = n + "." + slot;
       known[name] = 0;
       auto it = by.find(name);
       if (it == by.end()) continue;
-      BB_CHECK(it->second.numel() == p.numel(), ShapeError,
+      BB_CHECK(it->second.defined() && it->second.numel() == p.numel(), ShapeError,
                "ZeroAdamW load_state_dict: '{}' has shape {} but the parameter is {}", name,
-               shape_str(it->second.shape()), shape_str(p.shape()));
+               it->second.defined() ? shape_str(it->second.shape()) : std::string("(undefined)"),
+               shape_str(p.shape()));
+      optim::detail::check_state_values("ZeroAdamW", name, it->second, std::string(slot) == "exp_avg_sq");
     }
     BB_CHECK(by.count(n + ".exp_avg") == by.count(n + ".exp_avg_sq"), ValueError,
              "ZeroAdamW load_state_dict: parameter '{}' has only one of its two moments", n);
+    BB_CHECK(by.count(n + ".exp_avg") || psteps[i] == 0, ValueError,
+             "ZeroAdamW load_state_dict: '{}.step' is {} but the parameter has no moments", n, psteps[i]);
   }
   for (auto& [name, t] : state)
     BB_CHECK(known.count(name), ValueError, "ZeroAdamW load_state_dict: unexpected entry '{}'", name);
 
   NoGradGuard ng;
-  step_ = st->second.item<int64_t>();
+  step_ = step;
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& n = params_[i].first;
-    auto ps = by.find(n + ".step");
-    param_steps_[i] = ps != by.end() ? ps->second.item<int64_t>() : (by.count(n + ".exp_avg") ? step_ : 0);
+    param_steps_[i] = by.count(n + ".step") ? psteps[i] : (by.count(n + ".exp_avg") ? step_ : 0);
   }
   for (Group& g : groups_) {
     g.exp_avg.zero_();
@@ -288,7 +309,11 @@ void ZeroAdamW::load_shard_state_dict(const NamedTensors& state) {
     BB_CHECK(it != by.end(), ValueError, "ZeroAdamW load_shard_state_dict: missing '{}'", n);
     return it->second;
   };
-  const int64_t world = need("zero.world").item<int64_t>(), rank = need("zero.rank").item<int64_t>();
+  namespace od = optim::detail;
+  const char* op = "ZeroAdamW shard";
+  const int64_t world = od::state_step(op, "zero.world", need("zero.world"), INT32_MAX);
+  const int64_t rank = od::state_step(op, "zero.rank", need("zero.rank"), INT32_MAX);
+  const int64_t step = od::state_step(op, "step", need("step"), od::kMaxStep);
   BB_CHECK(world == pg_->size() && rank == pg_->rank(), ValueError,
            "ZeroAdamW load_shard_state_dict: the shard is rank {} of {}, but this is rank {} of {} (load the "
            "gathered state_dict() to change the world size)",
@@ -297,18 +322,33 @@ void ZeroAdamW::load_shard_state_dict(const NamedTensors& state) {
   BB_CHECK(ps.numel() == static_cast<int64_t>(params_.size()), ShapeError,
            "ZeroAdamW load_shard_state_dict: {} parameter step counts for {} parameters", ps.numel(),
            params_.size());
+  BB_CHECK(ps.dtype() == DType::I64 || ps.dtype() == DType::I32, DTypeError,
+           "ZeroAdamW load_shard_state_dict: 'zero.param_steps' must be an integer tensor, got {}",
+           dtype_name(ps.dtype()));
+  const std::vector<int64_t> psteps = ps.to_vector<int64_t>();
+  for (size_t i = 0; i < psteps.size(); ++i)
+    BB_CHECK(psteps[i] >= 0 && psteps[i] <= step, ValueError,
+             "ZeroAdamW load_shard_state_dict: parameter '{}' has step {}, outside [0, {}]", params_[i].first,
+             psteps[i], step);
   for (const Group& g : groups_) {
     const std::string pre = fmt::format("zero.{}.", dtype_name(g.dtype));
-    BB_CHECK(need(pre + "numel").item<int64_t>() == g.numel, ShapeError,
+    const int64_t numel = od::state_step(op, pre + "numel", need(pre + "numel"), INT64_MAX);
+    BB_CHECK(numel == g.numel, ShapeError,
              "ZeroAdamW load_shard_state_dict: {} parameters have {} elements, the shard was made for {}",
-             dtype_name(g.dtype), g.numel, need(pre + "numel").item<int64_t>());
-    for (const char* slot : {"exp_avg", "exp_avg_sq"})
-      BB_CHECK(need(pre + slot).numel() == g.chunk, ShapeError,
-               "ZeroAdamW load_shard_state_dict: '{}{}' size", pre, slot);
+             dtype_name(g.dtype), g.numel, numel);
+    for (const char* slot : {"exp_avg", "exp_avg_sq", "master"}) {
+      auto it = by.find(pre + slot);
+      if (it == by.end() && std::string(slot) == "master") continue;
+      const Tensor& t = need(pre + slot);
+      BB_CHECK(t.defined() && t.numel() == g.chunk, ShapeError,
+               "ZeroAdamW load_shard_state_dict: '{}{}' has {} elements, the chunk has {}", pre, slot,
+               t.defined() ? t.numel() : 0, g.chunk);
+      od::check_state_values(op, pre + slot, t, std::string(slot) == "exp_avg_sq");
+    }
   }
   NoGradGuard ng;
-  step_ = need("step").item<int64_t>();
-  param_steps_ = ps.to_vector<int64_t>();
+  step_ = step;
+  param_steps_ = psteps;
   for (Group& g : groups_) {
     const std::string pre = fmt::format("zero.{}.", dtype_name(g.dtype));
     g.exp_avg.copy_(need(pre + "exp_avg").to(g.exp_avg.device(), g.exp_avg.dtype()));

@@ -2,12 +2,15 @@
 // every error path; plus the byte-order helper the file formats share.
 #include "io/atomic_file.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <utility>
 
 #include "barbell/core/error.hpp"
@@ -23,10 +26,44 @@ std::string parent_dir(const std::string& path) {
   return path.substr(0, slash);
 }
 
+std::string base_name(const std::string& path) {
+  auto slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// A temp file of another writer is stale when its process is gone: a SIGKILL or a power
+// loss skips ~AtomicFile, and each such file is a whole checkpoint's size. A live pid may
+// be a reused one, so a file nobody wrote to for a day goes too; a live writer's file is
+// never touched. (A writer on another host sharing the directory is not visible to
+// kill(): give hosts their own output directories.)
+bool stale_temp(const std::string& file, long long pid) {
+  if (pid <= 0 || pid == static_cast<long long>(::getpid())) return false;
+  const bool alive = ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+  if (!alive) return true;
+  struct stat st {};
+  return ::stat(file.c_str(), &st) == 0 && std::time(nullptr) - st.st_mtime > 24 * 3600;
+}
+
 }  // namespace
+
+void remove_stale_temps(const std::string& path) {
+  const std::string dir = parent_dir(path), prefix = base_name(path) + ".tmp.";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;  // best effort: the save itself reports a directory it cannot use
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string file = dir + "/" + name;
+    if (stale_temp(file, std::stoll(digits))) ::unlink(file.c_str());
+  }
+  ::closedir(d);
+}
 
 AtomicFile::AtomicFile(std::string path, const char* op) : path_(std::move(path)), op_(op) {
   BB_CHECK(!path_.empty(), IOError, "{}: empty path", op_);
+  remove_stale_temps(path_);
   // The pid keeps two processes writing the same checkpoint from sharing a temp file.
   tmp_ = path_ + ".tmp." + std::to_string(static_cast<long long>(::getpid()));
   file_ = std::fopen(tmp_.c_str(), "wb");

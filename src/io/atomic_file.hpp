@@ -11,8 +11,9 @@ namespace barbell::io::detail {
 
 // Writes go to `path.tmp.<pid>`; commit() makes them durable and renames the temp file
 // over `path`. Destroying an uncommitted AtomicFile (an exception on the way) removes the
-// temp file and leaves whatever was at `path` untouched. Errors throw IOError with the
-// path, the step and the errno text.
+// temp file and leaves whatever was at `path` untouched. A killed writer cannot clean up:
+// the constructor first removes the `path.tmp.<pid>` files whose process is gone (see
+// remove_stale_temps). Errors throw IOError with the path, the step and the errno text.
 class AtomicFile {
  public:
   // `op` names the caller in error messages, e.g. "save_safetensors".
@@ -36,6 +37,11 @@ class AtomicFile {
   std::FILE* file_ = nullptr;
   bool done_ = false;  // committed, or failed and already cleaned up
 };
+
+// Removes `path.tmp.<pid>` files next to `path` left by writers that died: those whose
+// pid is not a live process, and those not written to for a day (a reused pid). Never
+// this process's own, never a live writer's. Best effort: errors are ignored.
+void remove_stale_temps(const std::string& path);
 
 // Little-endian helpers shared by the readers and writers.
 inline bool host_is_little_endian() {

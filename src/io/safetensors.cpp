@@ -1,5 +1,6 @@
 // safetensors save (atomic, tensors laid out widest dtype first so every tensor is
-// aligned) and load (every header field checked against the file before any read).
+// aligned, a CRC-32C of each tensor in the metadata) and load (the header parsed within
+// bounds, every field checked against the file before any read, checksums verified).
 #include "barbell/io/safetensors.hpp"
 
 #include <sys/stat.h>
@@ -13,17 +14,29 @@
 #include <numeric>
 #include <set>
 
+#include "barbell/io/checksum.hpp"
 #include "io/atomic_file.hpp"
+#include "io/json_bounded.hpp"
 
 namespace barbell::io {
 
 namespace {
 
-using json = nlohmann::ordered_json;  // keeps the caller's tensor order in the header
+// std::map objects: nlohmann's ordered_map finds keys by a linear search, quadratic over
+// 2^18 tensors. The header's order is kept by writing the text in order and by reading the
+// root's keys in the order the parser meets them.
+using json = nlohmann::json;
 
 // The reference implementation refuses larger headers; so do we, before allocating.
 constexpr uint64_t kMaxHeader = 100ull * 1000 * 1000;
 constexpr const char* kMetadataKey = "__metadata__";
+constexpr const char* kChecksumKey = kChecksumMetadataKey;
+// The header's limits, checked while it is parsed (see parse_json_bounded): a valid header
+// nests three deep (header, tensor entry, shape) and a shape has a few dimensions, so
+// these only ever refuse files built to exhaust the stack or the memory of the reader.
+constexpr size_t kMaxTensors = 1u << 18;
+constexpr size_t kMaxDepth = 8;
+constexpr size_t kMaxDims = 64;
 
 const char* st_dtype_name(DType t) {
   switch (t) {
@@ -91,6 +104,14 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
     BB_CHECK(seen.insert(name).second, ValueError, "save_safetensors: {}: duplicate tensor name '{}'", path,
              name);
   }
+  BB_CHECK(
+      !metadata.count(kChecksumKey), ValueError,
+      "save_safetensors: {}: the metadata key '{}' is reserved (barbell writes the tensors' checksums there)",
+      path, kChecksumKey);
+  BB_CHECK(
+      tensors.size() <= kMaxTensors, ValueError,
+      "save_safetensors: {}: {} tensors, more than the {} a file may hold (load_safetensors would refuse it)",
+      path, tensors.size(), kMaxTensors);
 
   std::vector<Tensor> host;
   host.reserve(tensors.size());
@@ -111,22 +132,35 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
     pos += host[i].nbytes();
   }
 
-  json header = json::object();
-  if (!metadata.empty()) {
-    json meta = json::object();
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header[kMetadataKey] = std::move(meta);
-  }
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    json e = json::object();
-    e["dtype"] = st_dtype_name(host[i].dtype());
-    e["shape"] = host[i].shape();
-    e["data_offsets"] = json::array({begin[i], begin[i] + host[i].nbytes()});
-    header[tensors[i].first] = std::move(e);
-  }
+  // Each tensor's checksum over its bytes as the file holds them (little-endian).
+  const bool swap = !detail::host_is_little_endian();
+  std::vector<unsigned char> scratch;
+  auto file_bytes = [&](const Tensor& t) -> const void* {
+    if (!swap || t.element_size() == 1) return t.data_ptr();
+    scratch.assign(static_cast<const unsigned char*>(t.data_ptr()),
+                   static_cast<const unsigned char*>(t.data_ptr()) + t.nbytes());
+    detail::swap_bytes(scratch.data(), static_cast<size_t>(t.numel()), t.element_size());
+    return scratch.data();
+  };
   std::string text;
   try {
-    text = header.dump();
+    // {"name":"crc",...} in the caller's order, then the header itself, in the caller's order.
+    std::string sums = "{";
+    for (size_t i = 0; i < tensors.size(); ++i)
+      sums += fmt::format("{}{}:\"{:08x}\"", i ? "," : "", json(tensors[i].first).dump(),
+                          crc32c(file_bytes(host[i]), host[i].nbytes()));
+    sums += "}";
+    json meta = json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    meta[kChecksumKey] = sums;
+    text = "{" + json(kMetadataKey).dump() + ":" + meta.dump();
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      // The reference writer's key order (nlohmann would sort them).
+      text += fmt::format(",{}:{{\"dtype\":\"{}\",\"shape\":{},\"data_offsets\":[{},{}]}}",
+                          json(tensors[i].first).dump(), st_dtype_name(host[i].dtype()),
+                          json(host[i].shape()).dump(), begin[i], begin[i] + host[i].nbytes());
+    }
+    text += "}";
   } catch (const json::exception& e) {
     throw ValueError(
         fmt::format("save_safetensors: {}: a name or metadata string is not UTF-8: {}", path, e.what()));
@@ -140,24 +174,36 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   detail::AtomicFile file(path, "save_safetensors");
   file.write(len, sizeof(len));
   file.write(text.data(), text.size());
-  const bool swap = !detail::host_is_little_endian();
-  std::vector<unsigned char> scratch;
   for (size_t i : layout) {
     const Tensor& t = host[i];
-    if (t.nbytes() == 0) continue;
-    if (swap && t.element_size() > 1) {
-      scratch.assign(static_cast<const unsigned char*>(t.data_ptr()),
-                     static_cast<const unsigned char*>(t.data_ptr()) + t.nbytes());
-      detail::swap_bytes(scratch.data(), static_cast<size_t>(t.numel()), t.element_size());
-      file.write(scratch.data(), scratch.size());
-    } else {
-      file.write(t.data_ptr(), t.nbytes());
-    }
+    if (t.nbytes() > 0) file.write(file_bytes(t), t.nbytes());
   }
   file.commit();
 }
 
-Safetensors load_safetensors(const std::string& path) {
+namespace {
+
+// The checksums of the metadata's kChecksumKey: a JSON object {tensor name: 8 hex digits}.
+std::map<std::string, uint32_t> parse_checksums(const std::string& path, const std::string& text) {
+  detail::JsonLimits lim;
+  lim.max_depth = 1;
+  lim.max_keys = kMaxTensors;
+  lim.max_elements = 1;  // an array is refused below, as not an object
+  const std::string what = fmt::format("load_safetensors: {}: metadata '{}'", path, kChecksumKey);
+  json j = detail::parse_json_bounded<json>(text, lim, what);
+  if (!j.is_object()) throw IOError(what + ": not a JSON object");
+  std::map<std::string, uint32_t> out;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string* h = it.value().is_string() ? &it.value().get_ref<const std::string&>() : nullptr;
+    if (!h || h->size() != 8 || h->find_first_not_of("0123456789abcdef") != std::string::npos)
+      throw IOError(
+          fmt::format("{}: the checksum of '{}' is {}, not 8 hex digits", what, it.key(), it.value().dump()));
+    out[it.key()] = static_cast<uint32_t>(std::stoul(*h, nullptr, 16));
+  }
+  return out;
+}
+
+Safetensors load_impl(const std::string& path) {
   auto fail = [&](const std::string& what) -> IOError {
     return IOError(fmt::format("load_safetensors: {}: {}", path, what));
   };
@@ -190,19 +236,21 @@ Safetensors load_safetensors(const std::string& path) {
     throw fail("cannot read the header");
   }
 
-  json header;
-  try {
-    header = json::parse(text);
-  } catch (const json::exception& e) { throw fail(fmt::format("header is not valid JSON: {}", e.what())); }
+  detail::JsonLimits lim;
+  lim.max_depth = kMaxDepth;
+  lim.max_keys = kMaxTensors + 1;  // and __metadata__
+  lim.max_elements = kMaxDims;
+  std::vector<std::string> order_in_file;
+  json header = detail::parse_json_bounded<json>(text, lim, fmt::format("load_safetensors: {}: header", path),
+                                                 &order_in_file);
   if (!header.is_object()) throw fail("header is not a JSON object");
   const uint64_t body = file_size - 8 - n;
 
   Safetensors out;
   out.path = path;
   std::vector<Entry> entries;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const json& v = it.value();
+  for (const std::string& name : order_in_file) {
+    const json& v = header.at(name);
     if (name == kMetadataKey) {
       if (!v.is_object()) throw fail("__metadata__ is not an object");
       for (auto m = v.begin(); m != v.end(); ++m) {
@@ -213,6 +261,7 @@ Safetensors load_safetensors(const std::string& path) {
       continue;
     }
     auto bad = [&](const std::string& what) { return fail(fmt::format("tensor '{}': {}", name, what)); };
+    if (name.empty()) throw fail("a tensor has an empty name (save_safetensors refuses one too)");
     if (!v.is_object()) throw bad("entry is not an object");
     Entry e;
     e.name = name;
@@ -263,6 +312,25 @@ Safetensors load_safetensors(const std::string& path) {
     entries.push_back(std::move(e));
   }
 
+  // Checksums (files from barbell): one per tensor, none for a tensor the file lacks.
+  std::map<std::string, uint32_t> sums;
+  const bool has_sums = out.metadata.count(kChecksumKey) > 0;
+  if (has_sums) {
+    sums = parse_checksums(path, out.metadata[kChecksumKey]);
+    out.metadata.erase(kChecksumKey);
+    for (const Entry& e : entries)
+      if (!sums.count(e.name))
+        throw fail(fmt::format("tensor '{}' has no checksum in '{}'", e.name, kChecksumKey));
+    if (sums.size() != entries.size()) {
+      std::set<std::string> names;
+      for (const Entry& e : entries) names.insert(e.name);
+      for (const auto& sum : sums)
+        if (!names.count(sum.first))
+          throw fail(fmt::format("'{}' has a checksum for '{}', a tensor the file does not hold",
+                                 kChecksumKey, sum.first));
+    }
+  }
+
   // Like the reference reader: the tensors must tile the buffer exactly, so an
   // overlap, a hole or trailing bytes all mean the file is not what it claims.
   std::vector<size_t> order(entries.size());
@@ -305,6 +373,12 @@ Safetensors load_safetensors(const std::string& path) {
       if (std::fread(t.data_ptr(), 1, nbytes, file.get()) != nbytes) {
         throw fail(fmt::format("short read of tensor '{}' (file changed while reading?)", e.name));
       }
+      if (has_sums) {
+        const uint32_t c = crc32c(t.data_ptr(), nbytes), want = sums.at(e.name);
+        if (c != want)
+          throw fail(fmt::format("tensor '{}': its bytes are damaged: CRC-32C {:08x}, the header says {:08x}",
+                                 e.name, c, want));
+      }
       if (e.dtype == DType::Bool) {
         const auto* b = static_cast<const unsigned char*>(t.data_ptr());
         for (size_t k = 0; k < nbytes; ++k) {
@@ -318,7 +392,20 @@ Safetensors load_safetensors(const std::string& path) {
   }
   out.tensors.reserve(entries.size());
   for (size_t i = 0; i < entries.size(); ++i) out.tensors.emplace_back(entries[i].name, std::move(loaded[i]));
+  out.checksums_verified = has_sums;
   return out;
+}
+
+}  // namespace
+
+Safetensors load_safetensors(const std::string& path) {
+  try {
+    return load_impl(path);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // the JSON library's, or the allocator's: never let them escape
+    throw IOError(fmt::format("load_safetensors: {}: {}", path, e.what()));
+  }
 }
 
 }  // namespace barbell::io

@@ -4,17 +4,123 @@
 
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "barbell/autograd/autograd.hpp"
 #include "barbell/ops/ops.hpp"
+#include "optim/validate.hpp"
 
 namespace barbell::optim {
 
-Optimizer::Optimizer(NamedTensors params) : params_(std::move(params)), param_steps_(params_.size(), 0) {
-  for (auto& [n, p] : params_) {
-    BB_CHECK(p.defined() && is_floating(p.dtype()), DTypeError, "optimizer: parameter '{}' must be a floating tensor",
-             n);
+namespace detail {
+
+void check_lr(const std::string& op, double lr) {
+  BB_CHECK(std::isfinite(lr) && lr >= 0, ValueError, "{}: the learning rate must be finite and >= 0, got {}",
+           op, lr);
+}
+
+void check_adamw_options(const std::string& op, const AdamWOptions& o) {
+  check_lr(op, o.lr);
+  BB_CHECK(o.beta1 >= 0 && o.beta1 < 1, ValueError, "{}: beta1 must be in [0, 1), got {}", op, o.beta1);
+  BB_CHECK(o.beta2 >= 0 && o.beta2 < 1, ValueError, "{}: beta2 must be in [0, 1), got {}", op, o.beta2);
+  BB_CHECK(std::isfinite(o.eps) && o.eps > 0, ValueError,
+           "{}: eps must be finite and > 0, got {} (with eps = 0 an element whose gradients were all zero "
+           "updates by 0 / 0 = NaN)",
+           op, o.eps);
+  BB_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, ValueError,
+           "{}: weight_decay must be finite and >= 0, got {}", op, o.weight_decay);
+}
+
+namespace {
+// The elements [first, last] a tensor's view can touch in its storage (strides >= 0 here).
+std::pair<int64_t, int64_t> extent(const Tensor& t) {
+  int64_t last = t.offset();
+  for (int64_t d = 0; d < t.dim(); ++d)
+    last += (t.shape()[static_cast<size_t>(d)] - 1) * t.strides()[static_cast<size_t>(d)];
+  return {t.offset(), last};
+}
+}  // namespace
+
+void check_params(const std::string& op, const NamedTensors& params) {
+  std::set<std::string> names;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [n, p] = params[i];
+    BB_CHECK(p.defined(), ValueError, "{}: parameter '{}' is an undefined tensor", op, n);
+    BB_CHECK(is_floating(p.dtype()), DTypeError, "{}: parameter '{}' must be a floating tensor, got {}", op,
+             n, dtype_name(p.dtype()));
+    BB_CHECK(
+        p.is_leaf(), ValueError,
+        "{}: parameter '{}' is not a leaf (the output of an op): its .grad is never set, so it would never "
+        "be updated; optimize the leaf it was computed from",
+        op, n);
+    BB_CHECK(names.insert(n).second, ValueError, "{}: the parameter name '{}' is listed twice", op, n);
+    for (size_t j = 0; j < i; ++j) {
+      const auto& [m, q] = params[j];
+      BB_CHECK(!p.same(q), ValueError, "{}: the same tensor is listed twice, as '{}' and as '{}'", op, m, n);
+      if (p.impl().storage != q.impl().storage || p.numel() == 0 || q.numel() == 0) continue;
+      // Another handle on the same memory: the same view, or two contiguous ranges that
+      // overlap (strided views that interleave without sharing elements stay allowed).
+      const bool same_view = p.offset() == q.offset() && p.shape() == q.shape() && p.strides() == q.strides();
+      const auto [pa, pb] = extent(p);
+      const auto [qa, qb] = extent(q);
+      const bool overlap = p.is_contiguous() && q.is_contiguous() && pa <= qb && qa <= pb;
+      BB_CHECK(!same_view && !overlap, ValueError,
+               "{}: parameters '{}' and '{}' share memory: each step would update it twice", op, m, n);
+    }
   }
+}
+
+int64_t state_step(const std::string& op, const std::string& name, const Tensor& t, int64_t max) {
+  BB_CHECK(t.defined() && t.numel() == 1, ShapeError,
+           "{} load_state_dict: '{}' must hold one value, got shape {}", op, name,
+           t.defined() ? shape_str(t.shape()) : std::string("(undefined)"));
+  if (t.dtype() == DType::I64 || t.dtype() == DType::I32) {
+    const int64_t v = t.to_vector<int64_t>()[0];
+    BB_CHECK(v >= 0 && v <= max, ValueError, "{} load_state_dict: '{}' is {}, outside [0, {}]", op, name, v,
+             max);
+    return v;
+  }
+  BB_CHECK(is_floating(t.dtype()), DTypeError,
+           "{} load_state_dict: '{}' must be a step count, got a {} tensor", op, name, dtype_name(t.dtype()));
+  const double v = t.to_vector<double>()[0];
+  BB_CHECK(std::isfinite(v) && v >= 0 && v <= static_cast<double>(max) && v == std::floor(v), ValueError,
+           "{} load_state_dict: '{}' is {}, not a whole number in [0, {}]", op, name, v, max);
+  return static_cast<int64_t>(v);
+}
+
+void check_state_values(const std::string& op, const std::string& name, const Tensor& t, bool nonneg) {
+  BB_CHECK(t.defined(), ValueError, "{} load_state_dict: '{}' is an undefined tensor", op, name);
+  BB_CHECK(is_floating(t.dtype()), DTypeError, "{} load_state_dict: '{}' must be a floating tensor, got {}",
+           op, name, dtype_name(t.dtype()));
+  // Read on the host in the tensor's own width (f64 stays f64: a finite f64 may not fit f32).
+  const DType host_dt = t.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  Tensor h = t.detach().to(Device::cpu(), host_dt).contiguous();
+  auto scan = [&](const auto* v) {
+    for (int64_t i = 0; i < h.numel(); ++i) {
+      const double x = static_cast<double>(v[i]);
+      BB_CHECK(std::isfinite(x), ValueError,
+               "{} load_state_dict: '{}' holds {} at flat index {} (a damaged state?)", op, name, x, i);
+      BB_CHECK(!nonneg || x >= 0, ValueError,
+               "{} load_state_dict: '{}' holds {} at flat index {}, but it is a mean of squares (>= 0)", op,
+               name, x, i);
+    }
+  };
+  if (host_dt == DType::F64)
+    scan(h.data<double>());
+  else
+    scan(h.data<float>());
+}
+
+}  // namespace detail
+
+Optimizer::Optimizer(NamedTensors params, std::string name)
+    : params_(std::move(params)), param_steps_(params_.size(), 0), name_(std::move(name)) {
+  detail::check_params(name_, params_);
+}
+
+void Optimizer::set_lr(double lr) {
+  detail::check_lr(name_ + " set_lr", lr);
+  lr_ = lr;
 }
 
 void Optimizer::zero_grad() {
@@ -33,18 +139,23 @@ NamedTensors Optimizer::state_dict() const {
 }
 
 void Optimizer::load_state_dict(const NamedTensors& state) {
-  std::map<std::string, Tensor> byname(state.begin(), state.end());
+  std::map<std::string, Tensor> byname;
+  for (const auto& [name, t] : state)
+    BB_CHECK(byname.emplace(name, t).second, ValueError, "{} load_state_dict: the entry '{}' is there twice",
+             name_, name);
   auto it = byname.find("step");
-  BB_CHECK(it != byname.end() && it->second.numel() == 1, ValueError, "optimizer load_state_dict: no 'step' entry");
-  // Validate everything before changing anything: every name known, every shape
-  // right, a parameter's slots present together or not at all.
+  BB_CHECK(it != byname.end(), ValueError, "{} load_state_dict: no 'step' entry", name_);
+  // Validate everything before changing anything: every name known, every shape, dtype
+  // and value right, a parameter's slots present together or not at all.
+  const int64_t step = detail::state_step(name_, "step", it->second, detail::kMaxStep);
+  std::vector<int64_t> psteps(params_.size(), 0);
   std::map<std::string, int> known{{"step", 0}};
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& pn = params_[i].first;
     known[pn + ".step"] = 0;
     auto ps = byname.find(pn + ".step");
-    BB_CHECK(ps == byname.end() || ps->second.numel() == 1, ShapeError,
-             "optimizer load_state_dict: '{}.step' has shape {}, expected one value", pn, shape_str(ps->second.shape()));
+    // A parameter is updated at most once per step.
+    if (ps != byname.end()) psteps[i] = detail::state_step(name_, pn + ".step", ps->second, step);
     size_t present = 0, required = 0;
     for (size_t k = 0; k < slot_names_.size(); ++k) {
       const std::string& slot = slot_names_[k];
@@ -55,24 +166,34 @@ void Optimizer::load_state_dict(const NamedTensors& state) {
       auto sl = byname.find(name);
       if (sl == byname.end()) continue;
       present += optional ? 0 : 1;
-      BB_CHECK(sl->second.shape() == params_[i].second.shape(), ShapeError,
-               "optimizer load_state_dict: '{}' has shape {} but the parameter is {}", name,
-               shape_str(sl->second.shape()), shape_str(params_[i].second.shape()));
+      BB_CHECK(sl->second.defined() && sl->second.shape() == params_[i].second.shape(), ShapeError,
+               "{} load_state_dict: '{}' has shape {} but the parameter is {}", name_, name,
+               sl->second.defined() ? shape_str(sl->second.shape()) : std::string("(undefined)"),
+               shape_str(params_[i].second.shape()));
+      detail::check_state_values(name_, name, sl->second, slot_nonneg(k));
     }
     BB_CHECK(present == 0 || present == required, ValueError,
-             "optimizer load_state_dict: parameter '{}' has {} of its {} state tensors", pn, present, required);
+             "{} load_state_dict: parameter '{}' has {} of its {} state tensors", name_, pn, present,
+             required);
   }
   for (auto& [name, t] : state)
     BB_CHECK(known.count(name), ValueError,
-             "optimizer load_state_dict: unexpected entry '{}' (a state of another optimizer or model?)", name);
+             "{} load_state_dict: unexpected entry '{}' (a state of another optimizer or model?)", name_,
+             name);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const bool has_slots = !slot_names_.empty() && byname.count(params_[i].first + "." + slot_names_[0]);
+    BB_CHECK(has_slots || required_slots() == 0 || psteps[i] == 0, ValueError,
+             "{} load_state_dict: '{}.step' is {} but the parameter has no state tensors", name_,
+             params_[i].first, psteps[i]);
+  }
 
-  step_ = it->second.item<int64_t>();
+  step_ = step;
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& pn = params_[i].first;
     auto ps = byname.find(pn + ".step");
     // Checkpoints without per-parameter counts: every parameter was updated every step.
     bool has_slot = !slot_names_.empty() && byname.count(pn + "." + slot_names_[0]);
-    param_steps_[i] = ps != byname.end() ? ps->second.item<int64_t>() : (has_slot ? step_ : 0);
+    param_steps_[i] = ps != byname.end() ? psteps[i] : (has_slot ? step_ : 0);
     for (size_t k = 0; k < slot_names_.size(); ++k) {
       auto sl = byname.find(pn + "." + slot_names_[k]);
       const Tensor& p = params_[i].second;
@@ -84,7 +205,20 @@ void Optimizer::load_state_dict(const NamedTensors& state) {
 
 DType Optimizer::slot_dtype(const Tensor& p) const { return p.dtype() == DType::F64 ? DType::F64 : DType::F32; }
 
-SGD::SGD(NamedTensors params, SGDOptions opts) : Optimizer(std::move(params)), options(opts) {
+namespace {
+void check_sgd_options(const SGDOptions& o) {
+  detail::check_lr("SGD", o.lr);
+  BB_CHECK(std::isfinite(o.momentum) && o.momentum >= 0, ValueError,
+           "SGD: momentum must be finite and >= 0, got {}", o.momentum);
+  BB_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, ValueError,
+           "SGD: weight_decay must be finite and >= 0, got {}", o.weight_decay);
+  BB_CHECK(!o.nesterov || o.momentum > 0, ValueError, "SGD: Nesterov momentum needs momentum > 0, got {}",
+           o.momentum);
+}
+}  // namespace
+
+SGD::SGD(NamedTensors params, SGDOptions opts) : Optimizer(std::move(params), "SGD"), options(opts) {
+  check_sgd_options(opts);
   lr_ = opts.lr;
   slot_names_ = {"momentum_buffer"};
   slots_.assign(params_.size(), std::vector<Tensor>(1));
@@ -94,6 +228,9 @@ SGD::SGD(NamedTensors params, SGDOptions opts) : Optimizer(std::move(params)), o
 DType SGD::slot_dtype(const Tensor& p) const { return p.dtype(); }
 
 void SGD::step() {
+  // The options are public fields: checked again, as they may have changed since construction.
+  check_sgd_options(options);
+  detail::check_lr("SGD", lr_);
   NoGradGuard g;
   ++step_;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -111,7 +248,8 @@ void SGD::step() {
   }
 }
 
-AdamW::AdamW(NamedTensors params, AdamWOptions opts) : Optimizer(std::move(params)), options(opts) {
+AdamW::AdamW(NamedTensors params, AdamWOptions opts) : Optimizer(std::move(params), "AdamW"), options(opts) {
+  detail::check_adamw_options("AdamW", opts);
   lr_ = opts.lr;
   // "master" (the fp32 weights of a 16-bit parameter) is optional: f32 parameters
   // have none.
@@ -121,7 +259,11 @@ AdamW::AdamW(NamedTensors params, AdamWOptions opts) : Optimizer(std::move(param
 
 size_t AdamW::required_slots() const { return 2; }
 
+bool AdamW::slot_nonneg(size_t k) const { return k == 1; }  // exp_avg_sq
+
 void AdamW::step() {
+  detail::check_adamw_options("AdamW", options);
+  detail::check_lr("AdamW", lr_);
   NoGradGuard g;
   ++step_;
   std::vector<AdamWTensors> items;
@@ -149,6 +291,8 @@ void AdamW::step() {
 
 CosineSchedule::CosineSchedule(double max_lr, double min_lr, int64_t warmup, int64_t total)
     : max_lr_(max_lr), min_lr_(min_lr), warmup_(warmup), total_(total) {
+  BB_CHECK(std::isfinite(max_lr) && max_lr >= 0 && std::isfinite(min_lr) && min_lr >= 0, ValueError,
+           "CosineSchedule: max_lr ({}) and min_lr ({}) must be finite and >= 0", max_lr, min_lr);
   BB_CHECK(warmup >= 0 && total > 0 && warmup <= total, ValueError,
            "CosineSchedule: need 0 <= warmup ({}) <= total ({}) and total > 0", warmup, total);
 }

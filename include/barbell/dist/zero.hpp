@@ -11,6 +11,7 @@
 namespace barbell::dist {
 
 struct ZeroAdamWOptions : optim::AdamWOptions {
+  // The AdamW options' ranges apply. max_grad_norm >= 0;
   // > 0: clip the global gradient norm (computed from the shards, one extra all_reduce of
   // one number) to this before the update; last_grad_norm() gives the norm before clipping.
   double max_grad_norm = 0;
@@ -61,6 +62,8 @@ class ZeroAdamW : public optim::Optimizer {
   ZeroAdamWOptions options;
 
  private:
+  void check_options() const;  // ValueError on an option out of range
+
   struct Segment {        // one parameter's piece of this rank's chunk
     size_t param;         // index into params_
     int64_t param_begin;  // first element within the parameter (flattened)

@@ -9,9 +9,13 @@
 
 namespace barbell::optim {
 
+// Constructors validate their options with PyTorch's ranges (ValueError naming the option
+// and its value) and the parameters (defined, floating, leaves, no tensor or name twice);
+// step() checks the options again, as they are public fields.
 class Optimizer {
  public:
-  explicit Optimizer(NamedTensors params);
+  // `name` ("AdamW", ...) prefixes error messages.
+  explicit Optimizer(NamedTensors params, std::string name = "optimizer");
   virtual ~Optimizer() = default;
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
@@ -21,12 +25,14 @@ class Optimizer {
   // Drops every gradient (the next backward writes fresh ones).
   void zero_grad();
   double lr() const { return lr_; }
-  void set_lr(double lr) { lr_ = lr; }
+  void set_lr(double lr);  // ValueError unless finite and >= 0
   int64_t steps() const { return step_; }
   const NamedTensors& named_params() const { return params_; }
 
   // Optimizer state ("step", and per parameter "<name>.step" and "<name>.<slot>") for checkpoints;
-  // load_state_dict validates names and shapes before changing anything.
+  // load_state_dict validates everything before changing anything: names, shapes, dtypes,
+  // steps (integral, in [0, 2^53], a parameter's at most the optimizer's) and values
+  // (finite; exp_avg_sq >= 0).
   virtual NamedTensors state_dict() const;
   virtual void load_state_dict(const NamedTensors& state);
 
@@ -40,10 +46,15 @@ class Optimizer {
   // The first required_slots() slot names are kept for every parameter with state;
   // the others are optional (a checkpoint may lack them).
   virtual size_t required_slots() const { return slot_names_.size(); }
+  // Whether slot k holds values that cannot be negative (checked by load_state_dict).
+  virtual bool slot_nonneg(size_t /*k*/) const { return false; }
   double lr_ = 1e-3;
   int64_t step_ = 0;
+  std::string name_;
 };
 
+// Ranges (PyTorch's): lr >= 0, momentum >= 0, weight_decay >= 0, all finite; nesterov
+// needs momentum > 0.
 struct SGDOptions {
   double lr = 0.01;
   double momentum = 0.0;
@@ -61,6 +72,9 @@ class SGD : public Optimizer {
   DType slot_dtype(const Tensor& param) const override;
 };
 
+// Ranges: PyTorch's (lr >= 0, beta1 and beta2 in [0, 1), weight_decay >= 0), all finite,
+// and eps > 0 where PyTorch takes eps >= 0: with eps = 0 an element whose gradients were
+// all zero so far (an unused embedding row) updates by 0 / 0 = NaN, in PyTorch too.
 struct AdamWOptions {
   double lr = 1e-3;
   double beta1 = 0.9, beta2 = 0.999;
@@ -81,6 +95,7 @@ class AdamW : public Optimizer {
 
  protected:
   size_t required_slots() const override;
+  bool slot_nonneg(size_t k) const override;
 };
 
 // lr(step), step 0-based: linear warm-up max_lr * (step + 1) / warmup for step < warmup (so
