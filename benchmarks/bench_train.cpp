@@ -513,6 +513,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   int threads = 0;
   bool compare = false;
+  bool no_ceiling = false;
   std::string compare_threads = "1,2";
   int rounds = 6;
   double round_seconds = 1.0;
@@ -527,6 +528,7 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "Untimed steps first")->capture_default_str()->check(CLI::Range(1, 100));
   app.add_option("--json", json_path, "Write the results as JSON to this file");
   app.add_option("--threads", threads, "CPU threads (0: barbell's default)")->capture_default_str();
+  app.add_flag("--no-ceiling", no_ceiling, "Skip the matmul ceiling measurement (for profilers: callgrind)");
   app.add_flag("--compare-torch", compare,
                "Run PyTorch eager (benchmarks/torch_train_step.py) on the same models, weights and batches, "
                "interleaved with barbell, and print the ratio");
@@ -578,7 +580,7 @@ int main(int argc, char** argv) {
       for (auto& s : chosen)
         results.push_back(compare_config(s, tl, rounds, round_seconds, warmup, python, script, tmp ? tmp : "/tmp"));
     } else {
-      const double ceiling = matmul_ceiling_gflops();
+      const double ceiling = no_ceiling ? 1.0 : matmul_ceiling_gflops();
       out["matmul_ceiling_gflop_per_s"] = ceiling;
       out["threads"] = bb::num_threads();
       out["flops_model"] = "6 * (matmul parameters) + 12 * n_layer * seq_len * n_embd per token";

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/parallel.hpp"
+
 namespace barbell {
 
 void Generator::philox(uint64_t seed, uint64_t counter, uint32_t out[4]) {
@@ -51,14 +53,15 @@ std::vector<double> draw(int64_t n, Generator& g, F f) {
   int64_t blocks = (n + 3) / 4;
   uint64_t base = g.reserve(static_cast<uint64_t>(blocks));
   uint64_t seed = g.seed();
-#pragma omp parallel for if (blocks > 4096)
-  for (int64_t b = 0; b < blocks; ++b) {
-    uint32_t w[4];
-    Generator::philox(seed, base + static_cast<uint64_t>(b), w);
-    double out[4];
-    f(w, out);
-    for (int j = 0; j < 4 && b * 4 + j < n; ++j) v[static_cast<size_t>(b * 4 + j)] = out[j];
-  }
+  cpu::parallel_for(blocks, 4096, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      uint32_t w[4];
+      Generator::philox(seed, base + static_cast<uint64_t>(b), w);
+      double out[4];
+      f(w, out);
+      for (int j = 0; j < 4 && b * 4 + j < n; ++j) v[static_cast<size_t>(b * 4 + j)] = out[j];
+    }
+  });
   return v;
 }
 inline double u01(uint32_t w) { return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0); }

@@ -1,11 +1,13 @@
 // The strided N-operand loop every elementwise CPU kernel runs on: dims are
-// coalesced, then work is split into chunks of the innermost dim across OpenMP threads.
+// coalesced, then work is split into chunks of the innermost dim across the pool's threads.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
 #include "barbell/core/shape.hpp"
+#include "cpu/parallel.hpp"
 
 namespace barbell::cpu {
 
@@ -49,8 +51,7 @@ void run_plan(const Plan<N>& p, F&& f) {
   const int64_t tasks = outer * chunks_per_row;
   std::array<int64_t, N> inner_st;
   for (size_t k = 0; k < N; ++k) inner_st[k] = p.strides[k].back();
-#pragma omp parallel for schedule(static) if (outer * inner > 32768)
-  for (int64_t t = 0; t < tasks; ++t) {
+  auto body = [&](int64_t t) {
     int64_t row = t / chunks_per_row, c = t % chunks_per_row;
     std::array<int64_t, N> off{};
     int64_t r = row;
@@ -63,7 +64,12 @@ void run_plan(const Plan<N>& p, F&& f) {
     int64_t n = std::min(kChunk, inner - start);
     for (size_t k = 0; k < N; ++k) off[k] += start * inner_st[k];
     f(n, off, inner_st);
-  }
+  };
+  // A task is one run of up to kChunk elements.
+  const int64_t per_task = std::max<int64_t>(1, std::min(inner, kChunk));
+  parallel_for(tasks, grain_for(per_task), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) body(t);
+  });
 }
 
 }  // namespace barbell::cpu

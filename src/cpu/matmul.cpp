@@ -1,13 +1,24 @@
-// CPU matmul through OpenBLAS: one gemm per batch entry, transposes read from the
-// strides (no copies), f32 and f64; bias add for linear.
+// CPU matmul through OpenBLAS: tiles of each product spread over the pool's threads,
+// transposes read from the strides (no copies), f32 and f64; bias add for linear.
 #include <cblas.h>
 
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
+#include "cpu/parallel.hpp"
 
 namespace barbell::cpu {
 
 namespace {
+// A tile of C has at most about this many multiply-adds (some 50 us on one core) unless
+// both of its sides are already below 2 * kMinTile; smaller tiles would repack the
+// operands too often for what they compute.
+constexpr int64_t kTileMacs = int64_t(1) << 22;
+constexpr int64_t kMinTile = 64;
+// Less work than this per thread is not worth another thread.
+constexpr int64_t kGrainMacs = int64_t(1) << 16;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
 struct MatDesc {
   bool trans;
   int64_t ld;
@@ -45,33 +56,49 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
       oc += i * c.strides()[d];
     }
   };
-  const bool small = M * N * K < 64 * 64 * 64;
+  // Tiles of C, each one sgemm on one thread: the pool's threads share a product
+  // between them (OpenBLAS runs single-threaded). The tiling depends on the shape only,
+  // never on the thread count, so neither do the results.
+  int64_t Mt = M, Nt = N;
+  while (Mt * Nt * K > kTileMacs) {
+    if (Mt >= Nt && Mt >= 2 * kMinTile) Mt = round_up((Mt + 1) / 2, 16);
+    else if (Nt >= 2 * kMinTile) Nt = round_up((Nt + 1) / 2, 16);
+    else break;
+  }
+  const int64_t tm = (M + Mt - 1) / std::max<int64_t>(Mt, 1), tn = (N + Nt - 1) / std::max<int64_t>(Nt, 1);
+  const int64_t tiles = tm * tn;
   dispatch_float(c.dtype(), "matmul", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       const T* pa = static_cast<const T*>(a.data_ptr());
       const T* pb = static_cast<const T*>(b.data_ptr());
       T* pc = static_cast<T*>(c.data_ptr());
-      auto one = [&](int64_t bi) {
+      auto tile = [&](int64_t task) {
+        const int64_t bi = task / tiles, t = task % tiles;
+        const int64_t m0 = (t / tn) * Mt, n0 = (t % tn) * Nt;
+        const int64_t m = std::min(Mt, M - m0), n = std::min(Nt, N - n0);
         int64_t oa, ob, oc;
         offsets(bi, oa, ob, oc);
+        oa += da.trans ? m0 : m0 * da.ld;  // row m0 of A
+        ob += db.trans ? n0 * db.ld : n0;  // column n0 of B
+        oc += m0 * N + n0;
         auto ta = da.trans ? CblasTrans : CblasNoTrans;
         auto tb = db.trans ? CblasTrans : CblasNoTrans;
         if constexpr (std::is_same_v<T, float>)
-          cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, 1.0f, pa + oa, da.ld, pb + ob, db.ld, 0.0f, pc + oc, N);
+          cblas_sgemm(CblasRowMajor, ta, tb, m, n, K, 1.0f, pa + oa, da.ld, pb + ob, db.ld, 0.0f, pc + oc, N);
         else
-          cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, 1.0, pa + oa, da.ld, pb + ob, db.ld, 0.0, pc + oc, N);
+          cblas_dgemm(CblasRowMajor, ta, tb, m, n, K, 1.0, pa + oa, da.ld, pb + ob, db.ld, 0.0, pc + oc, N);
       };
       if (M == 0 || N == 0) return;  // nothing to write; BLAS rejects ldc = 0
       if (K == 0) {
         fill(c, 0.0);
         return;
       }
-      // Many small products: spread the batch over threads; large ones use BLAS's
-      // threads. A few tiny products stay on this thread: a parallel region costs more than
-      // they do, and much more when the cores are busy with other work.
-#pragma omp parallel for if (small && batch > 1 && batch * M * N * K >= 32768)
-      for (int64_t bi = 0; bi < batch; ++bi) one(bi);
+      // A few tiny products stay on this thread: waking another costs more than they do.
+      const int64_t tile_macs = std::max<int64_t>(1, std::min(Mt, M) * std::min(Nt, N) * K);
+      parallel_for(batch * tiles, std::max<int64_t>(1, kGrainMacs / tile_macs), [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) tile(t);
+      });
     } else {
       throw DTypeError("matmul: the CPU kernel takes f32 or f64 (the op converts 16-bit inputs)");
     }
@@ -85,9 +112,10 @@ void add_bias(const Tensor& y, const Tensor& bias) {
     using A = acc_t<T>;
     T* py = static_cast<T*>(y.data_ptr());
     const T* pb = static_cast<const T*>(bias.data_ptr());
-#pragma omp parallel for if (rows * C > 32768)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t i = 0; i < C; ++i) py[r * C + i] = T(A(py[r * C + i]) + A(pb[i]));
+    parallel_for(rows, grain_for(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < C; ++i) py[r * C + i] = T(A(py[r * C + i]) + A(pb[i]));
+    });
   });
 }
 

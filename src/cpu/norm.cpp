@@ -5,6 +5,7 @@
 
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
+#include "cpu/parallel.hpp"
 
 namespace barbell::cpu {
 
@@ -20,8 +21,8 @@ void layer_norm(const Tensor& y, const Tensor& mean, const Tensor& rstd, const T
     T* py = static_cast<T*>(y.data_ptr());
     S* pm = static_cast<S*>(mean.data_ptr());
     S* pr = static_cast<S*>(rstd.data_ptr());
-#pragma omp parallel for if (rows * n > 16384)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, grain_for(3 * n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
       double s = 0, ss = 0;
       for (int64_t i = 0; i < n; ++i) s += double(A(in[i]));
@@ -37,6 +38,7 @@ void layer_norm(const Tensor& y, const Tensor& mean, const Tensor& rstd, const T
         py[r * n + i] = T(v);
       }
     }
+    });
   });
 }
 
@@ -56,8 +58,8 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
     // result does not depend on thread timing (resumed runs reproduce losses exactly).
     const int64_t nblk = std::min<int64_t>(rows, 64);
     std::vector<double> part(static_cast<size_t>(nblk * 2 * n), 0.0);
-#pragma omp parallel for schedule(static) if (rows * n > 16384)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
+    parallel_for(nblk, rows * n > 16384 ? 1 : nblk, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
       double* dwl = part.data() + blk * 2 * n;
       double* dbl = dwl + n;
       for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
@@ -82,6 +84,7 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
         }
       }
     }
+    });
     std::vector<double> dw_acc(static_cast<size_t>(n), 0.0), db_acc(static_cast<size_t>(n), 0.0);
     for (int64_t blk = 0; blk < nblk; ++blk)
       for (int64_t i = 0; i < n; ++i) {
@@ -109,8 +112,8 @@ void rms_norm(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor
     const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
     T* py = static_cast<T*>(y.data_ptr());
     S* pr = static_cast<S*>(rstd.data_ptr());
-#pragma omp parallel for if (rows * n > 16384)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
       double ss = 0;
       for (int64_t i = 0; i < n; ++i) ss += double(A(in[i])) * double(A(in[i]));
@@ -118,6 +121,7 @@ void rms_norm(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor
       pr[r] = S(rs);
       for (int64_t i = 0; i < n; ++i) py[r * n + i] = T(A(double(A(in[i])) * rs * (pw ? double(A(pw[i])) : 1.0)));
     }
+    });
   });
 }
 
@@ -134,8 +138,8 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
     T* pdx = dx.defined() ? static_cast<T*>(dx.data_ptr()) : nullptr;
     const int64_t nblk = std::min<int64_t>(rows, 64);
     std::vector<double> part(static_cast<size_t>(nblk * n), 0.0);
-#pragma omp parallel for schedule(static) if (rows * n > 16384)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
+    parallel_for(nblk, rows * n > 16384 ? 1 : nblk, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
       double* dwl = part.data() + blk * n;
       for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
         const T* in = px + r * n;
@@ -156,6 +160,7 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
         }
       }
     }
+    });
     std::vector<double> dw_acc(static_cast<size_t>(n), 0.0);
     for (int64_t blk = 0; blk < nblk; ++blk)
       for (int64_t i = 0; i < n; ++i) dw_acc[static_cast<size_t>(i)] += part[static_cast<size_t>(blk * n + i)];

@@ -6,6 +6,7 @@
 
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
+#include "cpu/parallel.hpp"
 
 namespace barbell::cpu {
 
@@ -16,24 +17,27 @@ void sum_dim(const Tensor& out, const Tensor& x, int64_t A, int64_t R, int64_t I
     auto write = [&](auto* po) {
       using O = std::remove_pointer_t<decltype(po)>;
       if (I == 1) {
-#pragma omp parallel for if (A * R > 32768)
-        for (int64_t a = 0; a < A; ++a) {
-          double acc = 0;
-          const T* row = px + a * R;
-          for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(static_cast<acc_t<T>>(row[r]));
-          po[a] = static_cast<O>(static_cast<acc_t<O>>(acc * scale));
-        }
-      } else {
-#pragma omp parallel for if (A * R * I > 32768)
-        for (int64_t a = 0; a < A; ++a) {
-          std::vector<double> acc(static_cast<size_t>(I), 0.0);
-          for (int64_t r = 0; r < R; ++r) {
-            const T* row = px + (a * R + r) * I;
-            for (int64_t i = 0; i < I; ++i) acc[static_cast<size_t>(i)] += static_cast<double>(static_cast<acc_t<T>>(row[i]));
+        parallel_for(A, grain_for(R), [&](int64_t a0, int64_t a1) {
+          for (int64_t a = a0; a < a1; ++a) {
+            double acc = 0;
+            const T* row = px + a * R;
+            for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(static_cast<acc_t<T>>(row[r]));
+            po[a] = static_cast<O>(static_cast<acc_t<O>>(acc * scale));
           }
-          for (int64_t i = 0; i < I; ++i)
-            po[a * I + i] = static_cast<O>(static_cast<acc_t<O>>(acc[static_cast<size_t>(i)] * scale));
-        }
+        });
+      } else {
+        parallel_for(A, grain_for(R * I), [&](int64_t a0, int64_t a1) {
+          std::vector<double> acc(static_cast<size_t>(I));
+          for (int64_t a = a0; a < a1; ++a) {
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t r = 0; r < R; ++r) {
+              const T* row = px + (a * R + r) * I;
+              for (int64_t i = 0; i < I; ++i) acc[static_cast<size_t>(i)] += static_cast<double>(static_cast<acc_t<T>>(row[i]));
+            }
+            for (int64_t i = 0; i < I; ++i)
+              po[a * I + i] = static_cast<O>(static_cast<acc_t<O>>(acc[static_cast<size_t>(i)] * scale));
+          }
+        });
       }
     };
     if (out.dtype() == x.dtype()) write(static_cast<T*>(out.data_ptr()));
@@ -48,8 +52,8 @@ void max_dim(const Tensor& values, const Tensor& indices, const Tensor& x, int64
     const T* px = static_cast<const T*>(x.data_ptr());
     T* pv = values.defined() ? static_cast<T*>(values.data_ptr()) : nullptr;
     int64_t* pi = indices.defined() ? static_cast<int64_t*>(indices.data_ptr()) : nullptr;
-#pragma omp parallel for if (A * R * I > 32768)
-    for (int64_t a = 0; a < A; ++a) {
+    parallel_for(A, grain_for(R * I), [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
       for (int64_t i = 0; i < I; ++i) {
         Acc best = Acc(px[a * R * I + i]);
         int64_t bi = 0;
@@ -62,6 +66,7 @@ void max_dim(const Tensor& values, const Tensor& indices, const Tensor& x, int64
         if (pi) pi[a * I + i] = bi;
       }
     }
+    });
   });
 }
 
@@ -83,8 +88,8 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
     using Acc = acc_t<T>;
     const T* px = static_cast<const T*>(x.data_ptr());
     T* py = static_cast<T*>(y.data_ptr());
-#pragma omp parallel for if (rows * n > 16384)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
       T* out = py + r * n;
       Acc m = -std::numeric_limits<Acc>::infinity();
@@ -100,6 +105,7 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
         for (int64_t i = 0; i < n; ++i) out[i] = T(std::exp(Acc(in[i]) - m) * inv);
       }
     }
+    });
   });
 }
 
@@ -110,8 +116,8 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
     const T* pdy = static_cast<const T*>(dy.data_ptr());
     const T* py = static_cast<const T*>(y.data_ptr());
     T* pdx = static_cast<T*>(dx.data_ptr());
-#pragma omp parallel for if (rows * n > 16384)
-    for (int64_t r = 0; r < rows; ++r) {
+    parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
       const T* g = pdy + r * n;
       const T* o = py + r * n;
       T* d = pdx + r * n;
@@ -124,6 +130,7 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
         for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(o[i]) * (Acc(g[i]) - s));
       }
     }
+    });
   });
 }
 
