@@ -205,7 +205,10 @@ class Pool {
 
   void start_workers(int n) {
     stop_workers();
-    for (int i = 0; i < n; ++i) workers_->emplace_back([this] { worker(); });
+    // The epoch now: a worker that starts late must still see the bumps after it (the
+    // next job's, or stop_workers').
+    const uint32_t e = epoch_.load();
+    for (int i = 0; i < n; ++i) workers_->emplace_back([this, e] { worker(e); });
   }
 
   void stop_workers() {
@@ -218,13 +221,12 @@ class Pool {
     stop_.store(false);
   }
 
-  void worker() {
+  void worker(uint32_t seen) {
     t_in_pool = true;
     // The OpenMP build of OpenBLAS sizes its team from the calling thread's OpenMP
     // thread count, whatever openblas_set_num_threads said: one, on the pool's threads.
     // (openblas_set_num_threads(1) already set it for the thread that made the pool.)
     if (omp_set_num_threads != nullptr) omp_set_num_threads(1);
-    uint32_t seen = epoch_.load();
     for (;;) {
       // Spin first: the next loop of a step usually comes within microseconds.
       auto t0 = std::chrono::steady_clock::now();

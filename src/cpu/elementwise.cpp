@@ -7,6 +7,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/loops.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -201,6 +202,13 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
         O* o = po + off[0];
         const T* x = pa + off[1];
         const T* y = pb + off[2];
+        // f32 add/sub/mul/div: the vectorised kernels of this CPU's level (vec.hpp).
+        if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float> &&
+                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul || OP == BinaryOp::Div)) {
+          if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && (st[2] == 1 || st[2] == 0)) {
+            return vec().binary(static_cast<int>(OP), o, x, y, n, st[2] == 0);
+          }
+        }
         // The common cases get loops the compiler can vectorise.
         if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && st[2] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(OP, A(x[i]), A(y[i])));
@@ -244,6 +252,9 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& x, double scalar) {
         run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
           T* o = po + off[0];
           const T* in = px + off[1];
+          if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
+            if (st[0] == 1 && st[1] == 1) return (OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh)(o, in, n);
+          }
           if (st[0] == 1 && st[1] == 1) {
             for (int64_t i = 0; i < n; ++i) o[i] = convert<T>(apply_unary<A>(OP, A(in[i]), s));
           } else {
@@ -269,6 +280,10 @@ void unary_backward(UnaryOp op, const Tensor& dx, const Tensor& dy, const Tensor
         T* o = pdx + off[0];
         const T* g = pdy + off[1];
         const T* in = px + off[2];
+        if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
+          if (st[0] == 1 && st[1] == 1 && st[2] == 1)
+            return (OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad)(o, g, in, n);
+        }
         if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = T(A(g[i]) * unary_grad<A>(OP, A(in[i])));
         } else {

@@ -5,6 +5,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -113,6 +114,7 @@ void add_bias(const Tensor& y, const Tensor& bias) {
     T* py = static_cast<T*>(y.data_ptr());
     const T* pb = static_cast<const T*>(bias.data_ptr());
     parallel_for(rows, grain_for(C), [&](int64_t r0, int64_t r1) {
+      if constexpr (std::is_same_v<T, float>) return vec().add_bias(py + r0 * C, pb, r1 - r0, C);
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t i = 0; i < C; ++i) py[r * C + i] = T(A(py[r * C + i]) + A(pb[i]));
     });

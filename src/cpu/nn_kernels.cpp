@@ -8,6 +8,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -83,8 +84,12 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
         int64_t t = int64_t(pt[r]);
         if (t == ignore_index) continue;
         const T* row = pl + r * V;
-        auto [m, s] = row_max_sumexp<A>(row, V);
-        row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
+        if constexpr (std::is_same_v<T, float>) {
+          row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(row, V)) - double(row[t]);
+        } else {
+          auto [m, s] = row_max_sumexp<A>(row, V);
+          row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
+        }
         counted[static_cast<size_t>(r)] = 1;
       }
       });
@@ -124,6 +129,11 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
           continue;
         }
         const T* row = pl + r * V;
+        if constexpr (std::is_same_v<T, float>) {
+          vec().softmax_scaled(d, row, V, vec().logsumexp(row, V), sc);
+          d[t] -= sc;
+          continue;
+        }
         auto [m, s] = row_max_sumexp<A>(row, V);
         A inv = A(1) / s;
         for (int64_t i = 0; i < V; ++i) d[i] = T(std::exp(A(row[i]) - m) * inv * sc);
@@ -163,6 +173,13 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
     const T* pg = static_cast<const T*>(grad.data_ptr());
     S* pm = static_cast<S*>(m.data_ptr());
     S* pv = static_cast<S*>(v.data_ptr());
+    if constexpr (std::is_same_v<T, float>) {
+      parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+        vec().adamw(pp + i0, pg + i0, pm + i0, pv + i0, i1 - i0, b1, b2, omb1, omb2, eps, decay, step_size,
+                    inv_sqrt_bc2);
+      });
+      return;
+    }
     parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       S g = S(acc_t<T>(pg[i]));
@@ -187,6 +204,10 @@ double sum_of_squares(const Tensor& x) {
     const T* p = static_cast<const T*>(x.data_ptr());
     parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
+        if constexpr (std::is_same_v<T, float>) {
+          part[static_cast<size_t>(b)] = vec().sum_squares(p + b * n / nblk, (b + 1) * n / nblk - b * n / nblk);
+          continue;
+        }
         double acc = 0;
         for (int64_t i = b * n / nblk; i < (b + 1) * n / nblk; ++i) {
           double v = double(acc_t<T>(p[i]));

@@ -6,6 +6,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -21,6 +22,12 @@ void layer_norm(const Tensor& y, const Tensor& mean, const Tensor& rstd, const T
     T* py = static_cast<T*>(y.data_ptr());
     S* pm = static_cast<S*>(mean.data_ptr());
     S* pr = static_cast<S*>(rstd.data_ptr());
+    if constexpr (std::is_same_v<T, float>) {
+      parallel_for(rows, grain_for(3 * n), [&](int64_t r0, int64_t r1) {
+        vec().layer_norm(py + r0 * n, pm + r0, pr + r0, px + r0 * n, pw, pb, r1 - r0, n, float(eps));
+      });
+      return;
+    }
     parallel_for(rows, grain_for(3 * n), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
@@ -62,6 +69,12 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
     for (int64_t blk = b0; blk < b1; ++blk) {
       double* dwl = part.data() + blk * 2 * n;
       double* dbl = dwl + n;
+      if constexpr (std::is_same_v<T, float>) {
+        const int64_t r0 = blk * rows / nblk, r1 = (blk + 1) * rows / nblk;
+        vec().layer_norm_grad(pdx ? pdx + r0 * n : nullptr, dwl, dbl, pdy + r0 * n, px + r0 * n, pm + r0, pr + r0, pw,
+                              r1 - r0, n);
+        continue;
+      }
       for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
         const T* in = px + r * n;
         const T* g = pdy + r * n;
@@ -112,6 +125,12 @@ void rms_norm(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor
     const T* pw = w.defined() ? static_cast<const T*>(w.data_ptr()) : nullptr;
     T* py = static_cast<T*>(y.data_ptr());
     S* pr = static_cast<S*>(rstd.data_ptr());
+    if constexpr (std::is_same_v<T, float>) {
+      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+        vec().rms_norm(py + r0 * n, pr + r0, px + r0 * n, pw, r1 - r0, n, float(eps));
+      });
+      return;
+    }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
@@ -141,6 +160,11 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
     parallel_for(nblk, rows * n > 16384 ? 1 : nblk, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
       double* dwl = part.data() + blk * n;
+      if constexpr (std::is_same_v<T, float>) {
+        const int64_t r0 = blk * rows / nblk, r1 = (blk + 1) * rows / nblk;
+        vec().rms_norm_grad(pdx ? pdx + r0 * n : nullptr, dwl, pdy + r0 * n, px + r0 * n, pr + r0, pw, r1 - r0, n);
+        continue;
+      }
       for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
         const T* in = px + r * n;
         const T* g = pdy + r * n;

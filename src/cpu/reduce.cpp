@@ -7,6 +7,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -23,6 +24,20 @@ void sum_dim(const Tensor& out, const Tensor& x, int64_t A, int64_t R, int64_t I
             const T* row = px + a * R;
             for (int64_t r = 0; r < R; ++r) acc += static_cast<double>(static_cast<acc_t<T>>(row[r]));
             po[a] = static_cast<O>(static_cast<acc_t<O>>(acc * scale));
+          }
+        });
+      } else if constexpr (std::is_same_v<T, float>) {
+        // Column sums (a bias gradient) vectorised; the rows are added in order, so each
+        // column's sum is the same whatever the split over threads (of columns).
+        const int64_t cblk = 256;
+        const int64_t nc = (I + cblk - 1) / cblk;
+        parallel_for(A * nc, grain_for(R * cblk), [&](int64_t t0, int64_t t1) {
+          double acc[cblk];
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t a = t / nc, c0 = (t % nc) * cblk, w = std::min(cblk, I - c0);
+            std::fill(acc, acc + w, 0.0);
+            for (int64_t r = 0; r < R; ++r) vec().col_sum(acc, px + (a * R + r) * I + c0, 1, w);
+            for (int64_t i = 0; i < w; ++i) po[a * I + c0 + i] = static_cast<O>(static_cast<acc_t<O>>(acc[i] * scale));
           }
         });
       } else {
@@ -88,6 +103,12 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
     using Acc = acc_t<T>;
     const T* px = static_cast<const T*>(x.data_ptr());
     T* py = static_cast<T*>(y.data_ptr());
+    if constexpr (std::is_same_v<T, float>) {
+      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+        vec().softmax(py + r0 * n, px + r0 * n, r1 - r0, n, log);
+      });
+      return;
+    }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
@@ -116,6 +137,12 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
     const T* pdy = static_cast<const T*>(dy.data_ptr());
     const T* py = static_cast<const T*>(y.data_ptr());
     T* pdx = static_cast<T*>(dx.data_ptr());
+    if constexpr (std::is_same_v<T, float>) {
+      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+        vec().softmax_grad(pdx + r0 * n, pdy + r0 * n, py + r0 * n, r1 - r0, n, log);
+      });
+      return;
+    }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* g = pdy + r * n;
