@@ -1,6 +1,9 @@
-// CPU matmul through OpenBLAS: tiles of each product spread over the pool's threads,
+// CPU matmul through OpenBLAS: parts of each product spread over the pool's threads,
 // transposes read from the strides (no copies), f32 and f64; bias add for linear.
 #include <cblas.h>
+
+#include <utility>
+#include <vector>
 
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
@@ -10,15 +13,40 @@
 namespace barbell::cpu {
 
 namespace {
-// A tile of C has at most about this many multiply-adds (some 50 us on one core) unless
-// both of its sides are already below 2 * kMinTile; smaller tiles would repack the
-// operands too often for what they compute.
-constexpr int64_t kTileMacs = int64_t(1) << 22;
-constexpr int64_t kMinTile = 64;
+// How a product is split between threads: into up to kMaxParts parts along one
+// dimension, M (rows of C) if it is long enough, else N, else K (each part then writes
+// its own partial C, summed in part order afterwards). A part has at least kMinSide
+// rows / columns / depth: OpenBLAS repacks the shared operand for every part, which
+// costs about 16 / side of the part's multiply-adds on AVX-512. Products under
+// kMinMacs stay whole. The split depends on the shape only, never on the thread count,
+// so neither do the results.
+constexpr int64_t kMaxParts = 8;
+constexpr int64_t kMinSide = 256;
+constexpr int64_t kMinMacs = int64_t(1) << 21;
 // Less work than this per thread is not worth another thread.
 constexpr int64_t kGrainMacs = int64_t(1) << 16;
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct Split {
+  enum Dim { None, M, N, K } dim = None;
+  int64_t part = 0, parts = 1;
+};
+Split choose_split(int64_t M, int64_t N, int64_t K) {
+  Split s;
+  if (M * N * K < 2 * kMinMacs) return s;
+  const int64_t by_work = std::min<int64_t>(kMaxParts, M * N * K / kMinMacs);
+  for (auto [dim, len] : {std::pair{Split::M, M}, {Split::N, N}, {Split::K, K}}) {
+    const int64_t parts = std::min(by_work, len / kMinSide);
+    if (parts >= 2) {
+      s.dim = dim;
+      s.part = round_up((len + parts - 1) / parts, 16);
+      s.parts = (len + s.part - 1) / s.part;
+      return s;
+    }
+  }
+  return s;
+}
 
 struct MatDesc {
   bool trans;
@@ -57,49 +85,59 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
       oc += i * c.strides()[d];
     }
   };
-  // Tiles of C, each one sgemm on one thread: the pool's threads share a product
-  // between them (OpenBLAS runs single-threaded). The tiling depends on the shape only,
-  // never on the thread count, so neither do the results.
-  int64_t Mt = M, Nt = N;
-  while (Mt * Nt * K > kTileMacs) {
-    if (Mt >= Nt && Mt >= 2 * kMinTile) Mt = round_up((Mt + 1) / 2, 16);
-    else if (Nt >= 2 * kMinTile) Nt = round_up((Nt + 1) / 2, 16);
-    else break;
-  }
-  const int64_t tm = (M + Mt - 1) / std::max<int64_t>(Mt, 1), tn = (N + Nt - 1) / std::max<int64_t>(Nt, 1);
-  const int64_t tiles = tm * tn;
+  const Split sp = choose_split(M, N, K);
   dispatch_float(c.dtype(), "matmul", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
       const T* pa = static_cast<const T*>(a.data_ptr());
       const T* pb = static_cast<const T*>(b.data_ptr());
       T* pc = static_cast<T*>(c.data_ptr());
-      auto tile = [&](int64_t task) {
-        const int64_t bi = task / tiles, t = task % tiles;
-        const int64_t m0 = (t / tn) * Mt, n0 = (t % tn) * Nt;
-        const int64_t m = std::min(Mt, M - m0), n = std::min(Nt, N - n0);
-        int64_t oa, ob, oc;
-        offsets(bi, oa, ob, oc);
-        oa += da.trans ? m0 : m0 * da.ld;  // row m0 of A
-        ob += db.trans ? n0 * db.ld : n0;  // column n0 of B
-        oc += m0 * N + n0;
-        auto ta = da.trans ? CblasTrans : CblasNoTrans;
-        auto tb = db.trans ? CblasTrans : CblasNoTrans;
-        if constexpr (std::is_same_v<T, float>)
-          cblas_sgemm(CblasRowMajor, ta, tb, m, n, K, 1.0f, pa + oa, da.ld, pb + ob, db.ld, 0.0f, pc + oc, N);
-        else
-          cblas_dgemm(CblasRowMajor, ta, tb, m, n, K, 1.0, pa + oa, da.ld, pb + ob, db.ld, 0.0, pc + oc, N);
-      };
       if (M == 0 || N == 0) return;  // nothing to write; BLAS rejects ldc = 0
       if (K == 0) {
         fill(c, 0.0);
         return;
       }
-      // A few tiny products stay on this thread: waking another costs more than they do.
-      const int64_t tile_macs = std::max<int64_t>(1, std::min(Mt, M) * std::min(Nt, N) * K);
-      parallel_for(batch * tiles, std::max<int64_t>(1, kGrainMacs / tile_macs), [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) tile(t);
+      // K parts 1.. write partial products here ([parts - 1][batch][M][N]); part 0 writes C.
+      std::vector<T> partial(sp.dim == Split::K ? static_cast<size_t>((sp.parts - 1) * batch * M * N) : 0);
+      auto part = [&](int64_t task) {
+        const int64_t bi = task / sp.parts, p = task % sp.parts;
+        int64_t m0 = 0, n0 = 0, k0 = 0, m = M, n = N, k = K;
+        if (sp.dim == Split::M) m0 = p * sp.part, m = std::min(sp.part, M - m0);
+        if (sp.dim == Split::N) n0 = p * sp.part, n = std::min(sp.part, N - n0);
+        if (sp.dim == Split::K) k0 = p * sp.part, k = std::min(sp.part, K - k0);
+        int64_t oa, ob, oc;
+        offsets(bi, oa, ob, oc);
+        oa += da.trans ? m0 + k0 * da.ld : m0 * da.ld + k0;  // A[m0, k0]
+        ob += db.trans ? n0 * db.ld + k0 : k0 * db.ld + n0;  // B[k0, n0]
+        T* out = pc + oc + m0 * N + n0;
+        if (p > 0 && sp.dim == Split::K) out = partial.data() + ((p - 1) * batch + bi) * M * N;
+        auto ta = da.trans ? CblasTrans : CblasNoTrans;
+        auto tb = db.trans ? CblasTrans : CblasNoTrans;
+        if constexpr (std::is_same_v<T, float>)
+          cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, pa + oa, da.ld, pb + ob, db.ld, 0.0f, out, N);
+        else
+          cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, pa + oa, da.ld, pb + ob, db.ld, 0.0, out, N);
+      };
+      // Several small products (batched attention scores): one thread each, when it pays.
+      const int64_t part_macs = std::max<int64_t>(1, M * N * K / sp.parts);
+      parallel_for(batch * sp.parts, std::max<int64_t>(1, kGrainMacs / part_macs), [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) part(t);
       });
+      if (sp.dim == Split::K) {
+        // C += partial products, in part order.
+        parallel_for(batch * M, grain_for(N * (sp.parts - 1)), [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t bi = r / M, i = r % M;
+            int64_t oa, ob, oc;
+            offsets(bi, oa, ob, oc);
+            T* crow = pc + oc + i * N;
+            for (int64_t p = 1; p < sp.parts; ++p) {
+              const T* prow = partial.data() + ((p - 1) * batch + bi) * M * N + i * N;
+              for (int64_t j = 0; j < N; ++j) crow[j] += prow[j];
+            }
+          }
+        });
+      }
     } else {
       throw DTypeError("matmul: the CPU kernel takes f32 or f64 (the op converts 16-bit inputs)");
     }

@@ -11,6 +11,11 @@
 #include <math.h>
 #include <stdint.h>
 
+// 64-byte vectors below are passed between inlined functions of this file only, never
+// across an ABI boundary: GCC's note that their calling convention differs with and
+// without AVX-512 does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -385,37 +390,59 @@ void load_transposed(T* BB_R xt, const T* x, int64_t rs, int64_t j0, int64_t n, 
   }
 }
 
+// 64-byte vectors (GCC's vector extension): one AVX-512 register, two AVX2 or four SSE2
+// ones. Accumulators of these types stay in registers, where arrays of scalars were
+// kept in memory (a load and a store around every multiply-add).
+typedef float vf16 __attribute__((vector_size(64)));
+typedef double vd8 __attribute__((vector_size(64)));
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { using type = vf16; static constexpr int64_t W = 16; };
+template <> struct VecOf<double> { using type = vd8; static constexpr int64_t W = 8; };
+template <typename T> using vec_t = typename VecOf<T>::type;
+template <typename T>
+__attribute__((always_inline)) inline vec_t<T> vload(const T* p) {
+  vec_t<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+__attribute__((always_inline)) inline void vstore(T* p, vec_t<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
 // C[r][0:Bc] = sum_d A[r][d] * Bt[d][0:Bc] for r < rows (A [rows, Dp], Bt [Dp, Bc]).
 template <typename T, int DC>
 void mm_abt(T* BB_R C, const T* BB_R A, const T* BB_R Bt, int64_t rows, int64_t Dp_) {
   const int64_t Dp = DC ? DC : Dp_;
+  using V = vec_t<T>;
+  constexpr int64_t W = VecOf<T>::W, NV = Bc / W;
   int64_t r = 0;
   for (; r + 2 <= rows; r += 2) {  // two rows share each load of Bt
-    T s0[Bc] = {}, s1[Bc] = {};
+    V s0[NV] = {}, s1[NV] = {};
     const T* a0 = A + r * Dp;
     const T* a1 = a0 + Dp;
     for (int64_t d = 0; d < Dp; ++d) {
       const T x0 = a0[d], x1 = a1[d];
       const T* bd = Bt + d * Bc;
-      for (int64_t c = 0; c < Bc; ++c) {
-        s0[c] += x0 * bd[c];
-        s1[c] += x1 * bd[c];
+      for (int64_t j = 0; j < NV; ++j) {
+        const V b = vload(bd + j * W);
+        s0[j] += x0 * b;
+        s1[j] += x1 * b;
       }
     }
-    for (int64_t c = 0; c < Bc; ++c) {
-      C[r * Bc + c] = s0[c];
-      C[(r + 1) * Bc + c] = s1[c];
+    for (int64_t j = 0; j < NV; ++j) {
+      vstore(C + r * Bc + j * W, s0[j]);
+      vstore(C + (r + 1) * Bc + j * W, s1[j]);
     }
   }
   for (; r < rows; ++r) {
-    T s0[Bc] = {};
+    V s0[NV] = {};
     const T* a0 = A + r * Dp;
     for (int64_t d = 0; d < Dp; ++d) {
       const T x0 = a0[d];
-      const T* bd = Bt + d * Bc;
-      for (int64_t c = 0; c < Bc; ++c) s0[c] += x0 * bd[c];
+      for (int64_t j = 0; j < NV; ++j) s0[j] += x0 * vload(Bt + d * Bc + j * W);
     }
-    for (int64_t c = 0; c < Bc; ++c) C[r * Bc + c] = s0[c];
+    for (int64_t j = 0; j < NV; ++j) vstore(C + r * Bc + j * W, s0[j]);
   }
 }
 
@@ -437,34 +464,37 @@ void mm_pv(T* BB_R Acc, const T* BB_R P, const T* BB_R X, const T* alpha, int64_
       }
     }
   } else {
-    constexpr int64_t R = DC <= 32 ? 4 : 2;  // rows at once: the accumulators fill the registers
+    using V = vec_t<T>;
+    constexpr int64_t W = VecOf<T>::W, NV = DC / W;
+    static_assert(DC % W == 0, "head dims are padded to multiples of 16");
+    constexpr int64_t R = NV <= 2 ? 4 : (NV <= 4 ? 2 : 1);  // rows at once: accumulators fill the registers
     int64_t r = 0;
     for (; r + R <= rows; r += R) {
-      T a[R][DC];
+      V a[R][NV];
       for (int64_t i = 0; i < R; ++i) {
         const T al = alpha ? alpha[r + i] : T(1);
-        for (int64_t d = 0; d < DC; ++d) a[i][d] = Acc[(r + i) * DC + d] * al;
+        for (int64_t j = 0; j < NV; ++j) a[i][j] = vload(Acc + (r + i) * DC + j * W) * al;
       }
       for (int64_t c = 0; c < cols; ++c) {
-        const T* x = X + c * DC;
+        V x[NV];
+        for (int64_t j = 0; j < NV; ++j) x[j] = vload(X + c * DC + j * W);
         for (int64_t i = 0; i < R; ++i) {
           const T p = P[(r + i) * Bc + c];
-          for (int64_t d = 0; d < DC; ++d) a[i][d] += p * x[d];
+          for (int64_t j = 0; j < NV; ++j) a[i][j] += p * x[j];
         }
       }
       for (int64_t i = 0; i < R; ++i)
-        for (int64_t d = 0; d < DC; ++d) Acc[(r + i) * DC + d] = a[i][d];
+        for (int64_t j = 0; j < NV; ++j) vstore(Acc + (r + i) * DC + j * W, a[i][j]);
     }
     for (; r < rows; ++r) {
-      T a[DC];
+      V a[NV];
       const T al = alpha ? alpha[r] : T(1);
-      for (int64_t d = 0; d < DC; ++d) a[d] = Acc[r * DC + d] * al;
+      for (int64_t j = 0; j < NV; ++j) a[j] = vload(Acc + r * DC + j * W) * al;
       for (int64_t c = 0; c < cols; ++c) {
         const T p = P[r * Bc + c];
-        const T* x = X + c * DC;
-        for (int64_t d = 0; d < DC; ++d) a[d] += p * x[d];
+        for (int64_t j = 0; j < NV; ++j) a[j] += p * vload(X + c * DC + j * W);
       }
-      for (int64_t d = 0; d < DC; ++d) Acc[r * DC + d] = a[d];
+      for (int64_t j = 0; j < NV; ++j) vstore(Acc + r * DC + j * W, a[j]);
     }
   }
 }
