@@ -5,8 +5,10 @@ set -euo pipefail
 
 required=(build-essential cmake ninja-build catch2 libfmt-dev libopenblas-dev libopenblas-openmp-dev nlohmann-json3-dev
   libcli11-dev libopenmpi-dev openmpi-bin python3)
-# Only scripts/plot_metrics.py needs these; a failure to install them is a warning.
-optional=(python3-matplotlib)
+# A failure to install these is a warning: scripts/plot_metrics.py needs matplotlib; the CPU
+# backend opens oneDNN (libdnnl2) at run time for its faster sgemm and bf16 gemm, and uses
+# OpenBLAS alone without it.
+optional=(python3-matplotlib libdnnl2)
 
 is_installed() {
   [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]

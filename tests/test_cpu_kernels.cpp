@@ -5,9 +5,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <limits>
 #include <vector>
 
+#include "cpu/gemm.hpp"
 #include "cpu/vec.hpp"
 #include "ops/attention_hooks.hpp"
 #include "testing.hpp"
@@ -431,7 +433,14 @@ TEST_CASE("cpu attention: 16-bit inputs run in f32 and give 16-bit outputs and g
 
 TEST_CASE("matmul: products split between threads equal the float64 product", "[cpu][matmul]") {
   // Big enough to be split (over 2^22 multiply-adds): along M, along N, along K (partial
-  // products summed afterwards), odd sizes, transposed operands, a batch.
+  // products summed afterwards), odd sizes, transposed operands, a batch; with OpenBLAS
+  // and with oneDNN when it is installed.
+  const std::string saved = bb::cpu::gemm_backend();
+  std::vector<std::string> backends = {"openblas"};
+  if (saved == "onednn") backends.push_back("onednn");
+  for (const auto& be : backends) {
+  INFO("GEMM " << be);
+  bb::cpu::set_gemm_backend(be.c_str());
   bb::Generator g(61);
   for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{300, 200, 150}, {1000, 70, 130}, {33, 777, 300},
                          {100, 90, 4100}, {7, 5, 200000}}) {
@@ -448,4 +457,6 @@ TEST_CASE("matmul: products split between threads equal the float64 product", "[
     bbtest::require_close(bb::matmul(a.to(bb::kF64), b.to(bb::kF64).transpose(1, 2).contiguous().transpose(1, 2)),
                           bb::matmul(a.to(bb::kF64), b.to(bb::kF64)), 1e-10, 1e-10);
   }
+  }
+  bb::cpu::set_gemm_backend(saved.c_str());
 }

@@ -2,9 +2,11 @@
 // callers at once; and training results that do not depend on the thread count.
 #include <atomic>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
+#include "cpu/gemm.hpp"
 #include "cpu/parallel.hpp"
 #include "testing.hpp"
 
@@ -102,14 +104,21 @@ TEST_CASE("parallel_for: two threads calling at once both finish", "[cpu][parall
 
 TEST_CASE("training: losses and weights are bit-identical at 1, 2 and 3 threads", "[cpu][parallel][train]") {
   ThreadsGuard g;
-  bb::set_num_threads(1);
-  auto [l1, p1] = train_tiny();
-  for (int threads : {2, 3}) {
-    INFO(threads << " threads");
-    bb::set_num_threads(threads);
-    auto [ln, pn] = train_tiny();
-    REQUIRE(ln == l1);
-    REQUIRE(pn.size() == p1.size());
-    for (size_t i = 0; i < pn.size(); ++i) bbtest::require_close(pn[i], p1[i], 0, 0);
+  const std::string saved = bb::cpu::gemm_backend();
+  for (const char* gemm : {"openblas", "onednn"}) {
+    if (std::string(gemm) == "onednn" && saved != "onednn") continue;  // oneDNN is not installed
+    INFO("GEMM " << gemm);
+    bb::cpu::set_gemm_backend(gemm);
+    bb::set_num_threads(1);
+    auto [l1, p1] = train_tiny();
+    for (int threads : {2, 3}) {
+      INFO(threads << " threads");
+      bb::set_num_threads(threads);
+      auto [ln, pn] = train_tiny();
+      REQUIRE(ln == l1);
+      REQUIRE(pn.size() == p1.size());
+      for (size_t i = 0; i < pn.size(); ++i) bbtest::require_close(pn[i], p1[i], 0, 0);
+    }
   }
+  bb::cpu::set_gemm_backend(saved.c_str());
 }

@@ -1,12 +1,11 @@
-// CPU matmul through OpenBLAS: parts of each product spread over the pool's threads,
+// CPU matmul (cpu::sgemm: oneDNN or OpenBLAS): parts of each product spread over the pool's threads,
 // transposes read from the strides (no copies), f32 and f64; bias add for linear.
-#include <cblas.h>
-
 #include <utility>
 #include <vector>
 
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
+#include "cpu/gemm.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/vec.hpp"
 
@@ -111,12 +110,10 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         ob += db.trans ? n0 * db.ld + k0 : k0 * db.ld + n0;  // B[k0, n0]
         T* out = pc + oc + m0 * N + n0;
         if (p > 0 && sp.dim == Split::K) out = partial.data() + ((p - 1) * batch + bi) * M * N;
-        auto ta = da.trans ? CblasTrans : CblasNoTrans;
-        auto tb = db.trans ? CblasTrans : CblasNoTrans;
         if constexpr (std::is_same_v<T, float>)
-          cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, pa + oa, da.ld, pb + ob, db.ld, 0.0f, out, N);
+          sgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
         else
-          cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, 1.0, pa + oa, da.ld, pb + ob, db.ld, 0.0, out, N);
+          dgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
       };
       // Several small products (batched attention scores): one thread each, when it pays.
       const int64_t part_macs = std::max<int64_t>(1, M * N * K / sp.parts);
