@@ -169,7 +169,7 @@ class UserModel : public bb::nn::Module {
 // One config's barbell model, optimizer and batches; a step is the whole training step.
 class Trainer {
  public:
-  explicit Trainer(const Shape& s) : shape(s) {
+  explicit Trainer(const Shape& s, bb::DType dtype = bb::DType::F32) : shape(s) {
     if (s.name == "user") {
       UserConfig c;
       c.block = s.seq_len;
@@ -186,6 +186,13 @@ class Trainer {
       meta_ = {{"model", "gpt"},          {"vocab_size", cfg.vocab_size}, {"block_size", cfg.block_size},
                {"n_layer", cfg.n_layer},  {"n_head", cfg.n_head},         {"n_embd", cfg.n_embd},
                {"bias", cfg.bias ? 1 : 0}};
+    }
+    if (dtype != bb::DType::F32) {
+      module_->to(dtype);  // AdamW keeps f32 master weights for 16-bit parameters
+      if (user_) {
+        user_->rope_cos = user_->rope_cos.to(dtype);
+        user_->rope_sin = user_->rope_sin.to(dtype);
+      }
     }
     bb::optim::AdamWOptions ao;
     ao.lr = kLr;
@@ -286,8 +293,8 @@ double matmul_ceiling_gflops() {
   return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
 }
 
-json bench_config(const Shape& s, int64_t steps_flag, double seconds, int warmup, double ceiling) {
-  Trainer tr(s);
+json bench_config(const Shape& s, int64_t steps_flag, double seconds, int warmup, double ceiling, bb::DType dtype) {
+  Trainer tr(s, dtype);
   double warm_s = 0;
   for (int i = 0; i < warmup; ++i) warm_s = tr.step();
   int64_t steps = steps_flag;
@@ -514,6 +521,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   bool compare = false;
   bool no_ceiling = false;
+  std::string dtype_name = "f32";
   std::string compare_threads = "1,2";
   int rounds = 6;
   double round_seconds = 1.0;
@@ -528,6 +536,9 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "Untimed steps first")->capture_default_str()->check(CLI::Range(1, 100));
   app.add_option("--json", json_path, "Write the results as JSON to this file");
   app.add_option("--threads", threads, "CPU threads (0: barbell's default)")->capture_default_str();
+  app.add_option("--dtype", dtype_name, "Parameter and activation dtype: f32 or bf16 (bf16 with f32 master weights)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--no-ceiling", no_ceiling, "Skip the matmul ceiling measurement (for profilers: callgrind)");
   app.add_flag("--compare-torch", compare,
                "Run PyTorch eager (benchmarks/torch_train_step.py) on the same models, weights and batches, "
@@ -544,6 +555,8 @@ int main(int argc, char** argv) {
 
   try {
     if (threads > 0) bb::set_num_threads(threads);
+    const bb::DType dtype = dtype_name == "bf16" ? bb::DType::BF16 : bb::DType::F32;
+    BB_CHECK(!compare || dtype == bb::DType::F32, bb::ValueError, "bench_train: --compare-torch runs f32 only");
     std::vector<Shape> chosen;
     std::stringstream ss(presets);
     for (std::string name; std::getline(ss, name, ',');) {
@@ -568,7 +581,7 @@ int main(int argc, char** argv) {
                  {{"OMP_NUM_THREADS", env_or("OMP_NUM_THREADS", "")},
                   {"OMP_WAIT_POLICY", env_or("OMP_WAIT_POLICY", "")},
                   {"OPENBLAS_NUM_THREADS", env_or("OPENBLAS_NUM_THREADS", "")}}},
-                {"dtype", "f32"},
+                {"dtype", dtype_name},
                 {"step", "forward + backward + clip_grad_norm_ + AdamW"},
                 {"load_average_before", load_before}};
     json results = json::array();
@@ -587,7 +600,7 @@ int main(int argc, char** argv) {
       fmt::print("f32 matmul ceiling (1024^3): {:.1f} GFLOP/s\n", ceiling);
       fmt::print("{:<7} {:>10} {:>7} {:>6} {:>10} {:>10} {:>11} {:>9} {:>9}\n", "preset", "params", "tokens",
                  "steps", "ms median", "ms min", "tokens/s", "GFLOP/s", "of ceil");
-      for (auto& s : chosen) results.push_back(bench_config(s, steps, seconds, warmup, ceiling));
+      for (auto& s : chosen) results.push_back(bench_config(s, steps, seconds, warmup, ceiling, dtype));
     }
     out["load_average_after"] = first_line_of("/proc/loadavg", "");
     out["results"] = results;

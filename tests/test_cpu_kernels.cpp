@@ -457,6 +457,90 @@ TEST_CASE("matmul: products split between threads equal the float64 product", "[
     bbtest::require_close(bb::matmul(a.to(bb::kF64), b.to(bb::kF64).transpose(1, 2).contiguous().transpose(1, 2)),
                           bb::matmul(a.to(bb::kF64), b.to(bb::kF64)), 1e-10, 1e-10);
   }
+    if (be == "onednn" && bb::cpu::bf16_gemm_available()) {
+      // bf16 operands through the bf16 GEMM: the f32 product of the same (rounded) values.
+      Tensor a = bb::randn({300, 500}, {}, &g).to(bb::kBF16), b = bb::randn({500, 200}, {}, &g).to(bb::kBF16);
+      Tensor want = bb::matmul(a.to(bb::kF64), b.to(bb::kF64));
+      Tensor got = bb::matmul(a, b);
+      REQUIRE(got.dtype() == bb::kBF16);
+      bbtest::require_close(got, want, 0.05, 1e-2);  // the bf16 rounding of the result
+      bbtest::require_close(bb::matmul(a.t().contiguous().t(), b), want, 0.05, 1e-2);
+    }
   }
   bb::cpu::set_gemm_backend(saved.c_str());
+}
+
+TEST_CASE("vec kernels: bf16 conversions are BFloat16's, bit for bit", "[cpu][vec][bf16]") {
+  std::vector<float> x = randf(1000, 71, 100.0);
+  const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, std::numeric_limits<float>::quiet_NaN(),
+                            -std::numeric_limits<float>::quiet_NaN(), 3.0e38f, -3.4e38f, 1e-40f, 1.00390625f,
+                            1.01171875f, 1.0f + 1.0f / 256 + 1.0f / 512};  // ties round to even
+  x.insert(x.end(), std::begin(specials), std::end(specials));
+  uint32_t snan_bits = 0x7f800001u;
+  float snan;
+  std::memcpy(&snan, &snan_bits, 4);
+  x.push_back(snan);
+  const int64_t n = static_cast<int64_t>(x.size());
+  for (auto* k : tables()) {
+    INFO(k->isa);
+    std::vector<uint16_t> h(x.size());
+    std::vector<float> back(x.size());
+    k->f32_to_bf16(h.data(), x.data(), n);
+    k->bf16_to_f32(back.data(), h.data(), n);
+    for (size_t i = 0; i < x.size(); ++i) {
+      INFO("value " << x[i]);
+      bb::BFloat16 want(x[i]);
+      REQUIRE(h[i] == want.bits);
+      const float wf = static_cast<float>(want);
+      REQUIRE(std::memcmp(&back[i], &wf, 4) == 0);
+    }
+  }
+}
+
+TEST_CASE("bf16 ops run in f32 and match the float64 result of the same values", "[cpu][bf16]") {
+  bb::Generator g(81);
+  auto rounded = [&](const bb::Shape& s, double scale) {
+    bb::NoGradGuard ng;
+    return bb::mul(bb::randn(s, {}, &g), scale).to(bb::kBF16);
+  };
+  Tensor x = rounded({40, 70}, 1.5), y = rounded({40, 70}, 1.0), w = rounded({70}, 1.0), b = rounded({70}, 0.3);
+  Tensor gout = rounded({40, 70}, 1.0);
+  Tensor t = bb::randint(0, 70, {40}, {bb::DType::I64}, &g);
+  using F = std::function<Tensor(const std::vector<Tensor>&)>;
+  const std::vector<std::pair<const char*, F>> fns = {
+      {"gelu", [&](const std::vector<Tensor>& v) { return bb::gelu(v[0]); }},
+      {"silu * y", [&](const std::vector<Tensor>& v) { return bb::mul(bb::silu(v[0]), v[1]); }},
+      {"x + y, x - y, x / (y*y + 1)",
+       [&](const std::vector<Tensor>& v) {
+         return bb::add(bb::sub(bb::add(v[0], v[1]), v[1]), bb::div(v[0], bb::add(bb::mul(v[1], v[1]), 1.0)));
+       }},
+      {"layer_norm", [&](const std::vector<Tensor>& v) { return bb::layer_norm(v[0], v[2], v[3]); }},
+      {"rms_norm", [&](const std::vector<Tensor>& v) { return bb::rms_norm(v[0], v[2]); }},
+      {"softmax", [&](const std::vector<Tensor>& v) { return bb::softmax(v[0], -1); }},
+      {"log_softmax", [&](const std::vector<Tensor>& v) { return bb::log_softmax(v[0], -1); }},
+      {"sum over rows + bias", [&](const std::vector<Tensor>& v) { return bb::add(v[0], bb::sum(v[1], {0})); }},
+      {"cross_entropy", [&](const std::vector<Tensor>& v) { return bb::cross_entropy(v[0], t); }},
+  };
+  for (auto& [name, f] : fns) {
+    INFO(name);
+    auto run = [&](bb::DType dt, std::vector<Tensor>* grads) {
+      std::vector<Tensor> in;
+      for (const Tensor& v : {x, y, w, b}) in.push_back(v.to(dt).detach().requires_grad_(true));
+      Tensor out = f(in);
+      Tensor go = out.dim() == 0 ? bb::ones({}, {out.dtype()}) : gout.to(out.dtype());
+      bb::sum(bb::mul(out, go)).backward();
+      for (auto& v : in) grads->push_back(v.grad().defined() ? v.grad().to(bb::kF64) : Tensor());
+      return out.to(bb::kF64);
+    };
+    std::vector<Tensor> g16, g64;
+    Tensor o16 = run(bb::kBF16, &g16), o64 = run(bb::kF64, &g64);
+    const double scale = std::max(1.0, bb::max(bb::abs(o64)).item<double>());
+    REQUIRE(bbtest::max_abs_diff(o16, o64) <= 2e-2 * scale);
+    for (size_t i = 0; i < g16.size(); ++i) {
+      if (!g64[i].defined()) continue;
+      INFO("gradient of input " << i);
+      const double gs = std::max(1.0, bb::max(bb::abs(g64[i])).item<double>());
+      REQUIRE(bbtest::max_abs_diff(g16[i], g64[i]) <= 3e-2 * gs);
+    }
+  }
 }

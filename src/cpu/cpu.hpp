@@ -63,6 +63,8 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
 
 // C[b] = A[b] @ B[b] for batched 2-D operands with arbitrary strides (inner dims
 // must have one unit stride, else the op makes them contiguous first).
+// C is f32 or f64 with A, B of its dtype, or f32 with bf16 A, B when
+// bf16_gemm_available() (cpu/gemm.hpp).
 void matmul(const Tensor& c, const Tensor& a, const Tensor& b);
 // Can the last two dims of t go to BLAS as they are (one unit stride, valid ld)?
 bool matmul_strides_ok(const Tensor& t);

@@ -7,6 +7,7 @@
 #include "cpu/dispatch.hpp"
 #include "cpu/gemm.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -88,8 +89,15 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
   dispatch_float(c.dtype(), "matmul", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      // bf16 operands with an f32 product go to the bf16 GEMM (cpu::bf16_gemm_available()).
+      const bool bf16 = std::is_same_v<T, float> && a.dtype() == DType::BF16;
+      BB_CHECK(a.dtype() == b.dtype() && (a.dtype() == c.dtype() || (bf16 && bf16_gemm_available())), Error,
+               "matmul (cpu): internal error: operands {} and {} for a {} product", dtype_name(a.dtype()),
+               dtype_name(b.dtype()), dtype_name(c.dtype()));
       const T* pa = static_cast<const T*>(a.data_ptr());
       const T* pb = static_cast<const T*>(b.data_ptr());
+      const uint16_t* ha = static_cast<const uint16_t*>(a.data_ptr());
+      const uint16_t* hb = static_cast<const uint16_t*>(b.data_ptr());
       T* pc = static_cast<T*>(c.data_ptr());
       if (M == 0 || N == 0) return;  // nothing to write; BLAS rejects ldc = 0
       if (K == 0) {
@@ -110,9 +118,10 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         ob += db.trans ? n0 * db.ld + k0 : k0 * db.ld + n0;  // B[k0, n0]
         T* out = pc + oc + m0 * N + n0;
         if (p > 0 && sp.dim == Split::K) out = partial.data() + ((p - 1) * batch + bi) * M * N;
-        if constexpr (std::is_same_v<T, float>)
-          sgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
-        else
+        if constexpr (std::is_same_v<T, float>) {
+          if (bf16) bf16_gemm(da.trans, db.trans, m, n, k, ha + oa, da.ld, hb + ob, db.ld, out, N);
+          else sgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
+        } else
           dgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
       };
       // Several small products (batched attention scores): one thread each, when it pays.
@@ -136,7 +145,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         });
       }
     } else {
-      throw DTypeError("matmul: the CPU kernel takes f32 or f64 (the op converts 16-bit inputs)");
+      throw DTypeError("matmul: the CPU kernel writes f32 or f64 (the op converts 16-bit products)");
     }
   });
 }
@@ -150,6 +159,11 @@ void add_bias(const Tensor& y, const Tensor& bias) {
     const T* pb = static_cast<const T*>(bias.data_ptr());
     parallel_for(rows, grain_for(C), [&](int64_t r0, int64_t r1) {
       if constexpr (std::is_same_v<T, float>) return vec().add_bias(py + r0 * C, pb, r1 - r0, C);
+      if constexpr (std::is_same_v<T, BFloat16>) {
+        std::vector<float> bf = bf16_to_vector(pb, C), yf = bf16_to_vector(py + r0 * C, (r1 - r0) * C);
+        vec().add_bias(yf.data(), bf.data(), r1 - r0, C);
+        return vec().f32_to_bf16(bits(py + r0 * C), yf.data(), (r1 - r0) * C);
+      }
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t i = 0; i < C; ++i) py[r * C + i] = T(A(py[r * C + i]) + A(pb[i]));
     });

@@ -8,6 +8,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -86,6 +87,9 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
         const T* row = pl + r * V;
         if constexpr (std::is_same_v<T, float>) {
           row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(row, V)) - double(row[t]);
+        } else if constexpr (std::is_same_v<T, BFloat16>) {
+          std::vector<float> rf = bf16_to_vector(row, V);
+          row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(rf.data(), V)) - double(rf[size_t(t)]);
         } else {
           auto [m, s] = row_max_sumexp<A>(row, V);
           row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
@@ -132,6 +136,13 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
         if constexpr (std::is_same_v<T, float>) {
           vec().softmax_scaled(d, row, V, vec().logsumexp(row, V), sc);
           d[t] -= sc;
+          continue;
+        }
+        if constexpr (std::is_same_v<T, BFloat16>) {
+          std::vector<float> rf = bf16_to_vector(row, V), df(static_cast<size_t>(V));
+          vec().softmax_scaled(df.data(), rf.data(), V, vec().logsumexp(rf.data(), V), sc);
+          df[size_t(t)] -= sc;
+          vec().f32_to_bf16(bits(d), df.data(), V);
           continue;
         }
         auto [m, s] = row_max_sumexp<A>(row, V);

@@ -6,6 +6,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -25,6 +26,16 @@ void layer_norm(const Tensor& y, const Tensor& mean, const Tensor& rstd, const T
     if constexpr (std::is_same_v<T, float>) {
       parallel_for(rows, grain_for(3 * n), [&](int64_t r0, int64_t r1) {
         vec().layer_norm(py + r0 * n, pm + r0, pr + r0, px + r0 * n, pw, pb, r1 - r0, n, float(eps));
+      });
+      return;
+    }
+    if constexpr (std::is_same_v<T, BFloat16>) {  // f32 compute on converted rows
+      const std::vector<float> wf = bf16_to_vector(pw, n), bfv = bf16_to_vector(pb, n);
+      parallel_for(rows, grain_for(3 * n), [&](int64_t r0, int64_t r1) {
+        std::vector<float> xf = bf16_to_vector(px + r0 * n, (r1 - r0) * n), yf(xf.size());
+        vec().layer_norm(yf.data(), pm + r0, pr + r0, xf.data(), pw ? wf.data() : nullptr, pb ? bfv.data() : nullptr,
+                         r1 - r0, n, float(eps));
+        vec().f32_to_bf16(bits(py + r0 * n), yf.data(), (r1 - r0) * n);
       });
       return;
     }
@@ -73,6 +84,16 @@ void layer_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& db, c
         const int64_t r0 = blk * rows / nblk, r1 = (blk + 1) * rows / nblk;
         vec().layer_norm_grad(pdx ? pdx + r0 * n : nullptr, dwl, dbl, pdy + r0 * n, px + r0 * n, pm + r0, pr + r0, pw,
                               r1 - r0, n);
+        continue;
+      }
+      if constexpr (std::is_same_v<T, BFloat16>) {
+        const int64_t r0 = blk * rows / nblk, r1 = (blk + 1) * rows / nblk;
+        std::vector<float> xf = bf16_to_vector(px + r0 * n, (r1 - r0) * n),
+                           gf = bf16_to_vector(pdy + r0 * n, (r1 - r0) * n), wf = bf16_to_vector(pw, n),
+                           dxf(pdx ? xf.size() : 0);
+        vec().layer_norm_grad(pdx ? dxf.data() : nullptr, dwl, dbl, gf.data(), xf.data(), pm + r0, pr + r0,
+                              pw ? wf.data() : nullptr, r1 - r0, n);
+        if (pdx) vec().f32_to_bf16(bits(pdx + r0 * n), dxf.data(), (r1 - r0) * n);
         continue;
       }
       for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {
@@ -131,6 +152,15 @@ void rms_norm(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor
       });
       return;
     }
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      const std::vector<float> wf = bf16_to_vector(pw, n);
+      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+        std::vector<float> xf = bf16_to_vector(px + r0 * n, (r1 - r0) * n), yf(xf.size());
+        vec().rms_norm(yf.data(), pr + r0, xf.data(), pw ? wf.data() : nullptr, r1 - r0, n, float(eps));
+        vec().f32_to_bf16(bits(py + r0 * n), yf.data(), (r1 - r0) * n);
+      });
+      return;
+    }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
@@ -163,6 +193,16 @@ void rms_norm_backward(const Tensor& dx, const Tensor& dw, const Tensor& dy, con
       if constexpr (std::is_same_v<T, float>) {
         const int64_t r0 = blk * rows / nblk, r1 = (blk + 1) * rows / nblk;
         vec().rms_norm_grad(pdx ? pdx + r0 * n : nullptr, dwl, pdy + r0 * n, px + r0 * n, pr + r0, pw, r1 - r0, n);
+        continue;
+      }
+      if constexpr (std::is_same_v<T, BFloat16>) {
+        const int64_t r0 = blk * rows / nblk, r1 = (blk + 1) * rows / nblk;
+        std::vector<float> xf = bf16_to_vector(px + r0 * n, (r1 - r0) * n),
+                           gf = bf16_to_vector(pdy + r0 * n, (r1 - r0) * n), wf = bf16_to_vector(pw, n),
+                           dxf(pdx ? xf.size() : 0);
+        vec().rms_norm_grad(pdx ? dxf.data() : nullptr, dwl, gf.data(), xf.data(), pr + r0, pw ? wf.data() : nullptr,
+                            r1 - r0, n);
+        if (pdx) vec().f32_to_bf16(bits(pdx + r0 * n), dxf.data(), (r1 - r0) * n);
         continue;
       }
       for (int64_t r = blk * rows / nblk; r < (blk + 1) * rows / nblk; ++r) {

@@ -7,6 +7,7 @@
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
+#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -26,17 +27,25 @@ void sum_dim(const Tensor& out, const Tensor& x, int64_t A, int64_t R, int64_t I
             po[a] = static_cast<O>(static_cast<acc_t<O>>(acc * scale));
           }
         });
-      } else if constexpr (std::is_same_v<T, float>) {
+      } else if constexpr (std::is_same_v<T, float> || std::is_same_v<T, BFloat16>) {
         // Column sums (a bias gradient) vectorised; the rows are added in order, so each
         // column's sum is the same whatever the split over threads (of columns).
         const int64_t cblk = 256;
         const int64_t nc = (I + cblk - 1) / cblk;
         parallel_for(A * nc, grain_for(R * cblk), [&](int64_t t0, int64_t t1) {
           double acc[cblk];
+          float rowf[cblk];
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t a = t / nc, c0 = (t % nc) * cblk, w = std::min(cblk, I - c0);
             std::fill(acc, acc + w, 0.0);
-            for (int64_t r = 0; r < R; ++r) vec().col_sum(acc, px + (a * R + r) * I + c0, 1, w);
+            for (int64_t r = 0; r < R; ++r) {
+              if constexpr (std::is_same_v<T, float>) {
+                vec().col_sum(acc, px + (a * R + r) * I + c0, 1, w);
+              } else {
+                vec().bf16_to_f32(rowf, bits(px + (a * R + r) * I + c0), w);
+                vec().col_sum(acc, rowf, 1, w);
+              }
+            }
             for (int64_t i = 0; i < w; ++i) po[a * I + c0 + i] = static_cast<O>(static_cast<acc_t<O>>(acc[i] * scale));
           }
         });
@@ -109,6 +118,14 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
       });
       return;
     }
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+        std::vector<float> xf = bf16_to_vector(px + r0 * n, (r1 - r0) * n), yf(xf.size());
+        vec().softmax(yf.data(), xf.data(), r1 - r0, n, log);
+        vec().f32_to_bf16(bits(py + r0 * n), yf.data(), (r1 - r0) * n);
+      });
+      return;
+    }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* in = px + r * n;
@@ -140,6 +157,15 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
     if constexpr (std::is_same_v<T, float>) {
       parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
         vec().softmax_grad(pdx + r0 * n, pdy + r0 * n, py + r0 * n, r1 - r0, n, log);
+      });
+      return;
+    }
+    if constexpr (std::is_same_v<T, BFloat16>) {
+      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
+        std::vector<float> gf = bf16_to_vector(pdy + r0 * n, (r1 - r0) * n),
+                           yf = bf16_to_vector(py + r0 * n, (r1 - r0) * n), df(gf.size());
+        vec().softmax_grad(df.data(), gf.data(), yf.data(), r1 - r0, n, log);
+        vec().f32_to_bf16(bits(pdx + r0 * n), df.data(), (r1 - r0) * n);
       });
       return;
     }

@@ -41,6 +41,9 @@ enum VecBinary : int { kVecAdd = 0, kVecSub = 1, kVecMul = 2, kVecDiv = 3 };
 
 struct VecKernels {
   const char* isa;  // "avx512", "avx2", "sse2"
+  // bf16 <-> f32, as BFloat16 converts (round to nearest even; NaN stays a quiet NaN).
+  void (*bf16_to_f32)(float* y, const uint16_t* x, int64_t n);
+  void (*f32_to_bf16)(uint16_t* y, const float* x, int64_t n);
   // Contiguous elementwise: n elements each.
   void (*gelu_tanh)(float* y, const float* x, int64_t n);
   void (*gelu_tanh_grad)(float* dx, const float* dy, const float* x, int64_t n);  // dx = dy * gelu'(x)

@@ -24,6 +24,7 @@ namespace {
 constexpr int L = 16;  // lanes of the reductions: one AVX-512 register of floats
 constexpr int64_t Br = 64, Bc = 64;  // attention tiles: queries x keys (vec.hpp's attention_scratch)
 constexpr float kInf = __builtin_inff();
+#define BB_R __restrict__
 
 inline float fmax_(float a, float b) { return a > b ? a : b; }
 inline double dmax_(double a, double b) { return a > b ? a : b; }
@@ -101,6 +102,23 @@ float row_dot(const float* a, const float* b, int64_t n) {
     for (int j = 0; j < L; ++j) acc[j] += a[i + j] * b[i + j];
   for (int j = 0; i + j < n; ++j) acc[j] += a[i + j] * b[i + j];
   return lanes_sum(acc);
+}
+
+void bf16_to_f32(float* BB_R y, const uint16_t* BB_R x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u = uint32_t(x[i]) << 16;
+    __builtin_memcpy(&y[i], &u, 4);
+  }
+}
+
+void f32_to_bf16(uint16_t* BB_R y, const float* BB_R x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    __builtin_memcpy(&u, &x[i], 4);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t nan = (u >> 16) | 0x40u;
+    y[i] = uint16_t((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  }
 }
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
@@ -358,8 +376,6 @@ void adamw(float* p, const float* g, float* m, float* v, int64_t n, float b1, fl
 // Tiles are copied into scratch with the head dim padded with zeros to DC (16, 32, 64 or
 // 128; any other D runs the DC = 0 loops), so every inner loop has a compile-time trip
 // count and accumulates in registers. Padding adds zeros to dot products: no change.
-
-#define BB_R __restrict__
 
 inline int64_t mn_(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -702,13 +718,34 @@ void attention_backward_f64(const AttnHead<double>& h, double* s) { attention_ba
 }  // namespace
 
 const VecKernels& BB_ISA_TABLE() {
-  static const VecKernels k = {BB_ISA_NAME,   gelu_tanh,       gelu_tanh_grad, silu,
-                               silu_grad,     binary,          softmax,        softmax_grad,
-                               logsumexp,     softmax_scaled,  layer_norm,     layer_norm_grad,
-                               rms_norm,      rms_norm_grad,   col_sum,        add_bias,
-                               sum_squares,   adamw,           attention_forward_f32,
-                               attention_backward_f32,         attention_forward_f64,
-                               attention_backward_f64};
+  static const VecKernels k = [] {
+    VecKernels t{};
+    t.isa = BB_ISA_NAME;
+    t.bf16_to_f32 = bf16_to_f32;
+    t.f32_to_bf16 = f32_to_bf16;
+    t.gelu_tanh = gelu_tanh;
+    t.gelu_tanh_grad = gelu_tanh_grad;
+    t.silu = silu;
+    t.silu_grad = silu_grad;
+    t.binary = binary;
+    t.softmax = softmax;
+    t.softmax_grad = softmax_grad;
+    t.logsumexp = logsumexp;
+    t.softmax_scaled = softmax_scaled;
+    t.layer_norm = layer_norm;
+    t.layer_norm_grad = layer_norm_grad;
+    t.rms_norm = rms_norm;
+    t.rms_norm_grad = rms_norm_grad;
+    t.col_sum = col_sum;
+    t.add_bias = add_bias;
+    t.sum_squares = sum_squares;
+    t.adamw = adamw;
+    t.attention_forward_f32 = attention_forward_f32;
+    t.attention_backward_f32 = attention_backward_f32;
+    t.attention_forward_f64 = attention_forward_f64;
+    t.attention_backward_f64 = attention_backward_f64;
+    return t;
+  }();
   return k;
 }
 
