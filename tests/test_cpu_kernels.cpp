@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cpu/gemm.hpp"
+#include "cpu/host_alloc.hpp"
 #include "cpu/vec.hpp"
 #include "ops/attention_hooks.hpp"
 #include "testing.hpp"
@@ -543,4 +544,24 @@ TEST_CASE("bf16 ops run in f32 and match the float64 result of the same values",
       REQUIRE(bbtest::max_abs_diff(g16[i], g64[i]) <= 3e-2 * gs);
     }
   }
+}
+
+TEST_CASE("host allocator: large blocks are reused, small ones are not cached", "[cpu][alloc]") {
+  const size_t before = bb::cpu::host_cached_bytes();
+  void* p = bb::cpu::host_alloc(1000000);
+  REQUIRE(reinterpret_cast<uintptr_t>(p) % 64 == 0);
+  std::memset(p, 1, 1000000);
+  bb::cpu::host_free(p, 1000000);
+  REQUIRE(bb::cpu::host_cached_bytes() >= before + 1000000);
+  void* q = bb::cpu::host_alloc(990000);  // the same size class: the same block
+  REQUIRE(q == p);
+  REQUIRE(bb::cpu::host_cached_bytes() == before);
+  bb::cpu::host_free(q, 990000);
+  const size_t with_block = bb::cpu::host_cached_bytes();
+  void* s = bb::cpu::host_alloc(1000);
+  bb::cpu::host_free(s, 1000);
+  REQUIRE(bb::cpu::host_cached_bytes() == with_block);  // 1000 bytes went back to malloc
+  // Tensors go through it.
+  { Tensor t = bb::empty({1 << 18}); }
+  REQUIRE(bb::cpu::host_cached_bytes() >= before + (size_t(1) << 20));
 }

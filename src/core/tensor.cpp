@@ -10,6 +10,7 @@
 #include "barbell/autograd/autograd.hpp"
 #include "barbell/ops/ops.hpp"
 #include "cpu/cpu.hpp"
+#include "cpu/host_alloc.hpp"
 #include "cuda/runtime.hpp"
 #include "ops/common.hpp"
 
@@ -23,10 +24,10 @@ Storage::~Storage() {
 
 std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device) {
   if (device.is_cpu()) {
-    size_t rounded = (std::max<size_t>(nbytes, 1) + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
+    const size_t n = std::max<size_t>(nbytes, 1);
+    void* p = cpu::host_alloc(n);  // large blocks are reused (src/cpu/host_alloc.cpp)
     BB_CHECK(p != nullptr, Error, "allocate: out of host memory asking for {} bytes", nbytes);
-    return std::make_shared<Storage>(p, nbytes, device, [](void* q) { std::free(q); });
+    return std::make_shared<Storage>(p, nbytes, device, [n](void* q) { cpu::host_free(q, n); });
   }
   int idx = device.index();
   void* p = cuda_rt::alloc(nbytes, idx);
