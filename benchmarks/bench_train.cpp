@@ -407,8 +407,9 @@ Spread spread(std::vector<double> v) {
 // fall on all four alike). Each trainer starts from the same weights and batches and runs the same steps, so the
 // losses must agree to f32 noise; they are compared step by step.
 json compare_config(const Shape& s, const std::vector<int>& threads, int rounds, double round_seconds, int warmup,
-                    const std::string& python, const std::string& script, const std::string& dir) {
-  const std::string file = fmt::format("{}/bench_train_{}_{}.safetensors", dir, s.name, getpid());
+                    const std::string& python, const std::string& script, const std::string& dir, bool keep) {
+  const std::string file = keep ? fmt::format("{}/bench_train_{}.safetensors", dir, s.name)
+                                : fmt::format("{}/bench_train_{}_{}.safetensors", dir, s.name, getpid());
   struct Side {
     std::string impl;
     int threads;
@@ -434,7 +435,7 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
              params);
     sides.push_back(std::move(p));
   }
-  std::remove(file.c_str());
+  if (!keep) std::remove(file.c_str());
   // Runs k steps of one side; returns the seconds per step.
   auto run = [&](Side& sd, int k, bool record) {
     std::vector<double> ms, losses;
@@ -527,6 +528,7 @@ int main(int argc, char** argv) {
   double round_seconds = 1.0;
   std::string python = env_or("BARBELL_TORCH_PYTHON", "python3");
   std::string script = BENCH_TORCH_SCRIPT;
+  std::string keep_dir;
   CLI::App app{"bench_train: time full training steps (forward, backward, clip, AdamW) on the CPU"};
   app.add_option("--presets", presets, "Comma-separated configs: tiny, small, medium, gpt2, user")
       ->capture_default_str();
@@ -551,6 +553,9 @@ int main(int argc, char** argv) {
   app.add_option("--python", python, "Python with PyTorch ($BARBELL_TORCH_PYTHON; scripts/setup-torch-cpu.sh)")
       ->capture_default_str();
   app.add_option("--torch-script", script, "torch_train_step.py")->capture_default_str();
+  app.add_option("--keep-configs", keep_dir,
+                 "Write each config's weights and batches to DIR/bench_train_CONFIG.safetensors and keep them "
+                 "(for running torch_train_step.py by hand)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -591,7 +596,8 @@ int main(int argc, char** argv) {
       fmt::print("{:<7} {:>8} {:>3} {:>10} {:>15} {:>10} {:>15} {:>8} {:>10}\n", "config", "params", "thr",
                  "barbell ms", "(p25-p75)", "torch ms", "(p25-p75)", "ratio", "|dloss|");
       for (auto& s : chosen)
-        results.push_back(compare_config(s, tl, rounds, round_seconds, warmup, python, script, tmp ? tmp : "/tmp"));
+        results.push_back(compare_config(s, tl, rounds, round_seconds, warmup, python, script,
+                                         keep_dir.empty() ? (tmp ? tmp : "/tmp") : keep_dir, !keep_dir.empty()));
     } else {
       const double ceiling = no_ceiling ? 1.0 : matmul_ceiling_gflops();
       out["matmul_ceiling_gflop_per_s"] = ceiling;
