@@ -378,7 +378,7 @@ TEST_CASE("cpu attention: every x86-64 level's kernel gives the float64 composit
         h.dq = static_cast<T*>(dq.data_ptr());
         h.dk = static_cast<T*>(dk.data_ptr());
         h.dv = static_cast<T*>(dv.data_ptr());
-        std::vector<T> scratch(static_cast<size_t>(bb::cpu::attention_scratch(Tq, D)));
+        std::vector<T> scratch(static_cast<size_t>(bb::cpu::attention_scratch(Tq, Tk, D)));
         if constexpr (std::is_same_v<T, float>) {
           kt->attention_forward_f32(h, scratch.data());
           kt->attention_backward_f32(h, scratch.data());

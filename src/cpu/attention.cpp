@@ -23,7 +23,7 @@ void run_heads(bool backward, const Tensor& o, const Tensor& lse, const Tensor& 
   const VecKernels& vk = vec();
   // Each head is one task; a task's sums run in one order, whichever thread runs it.
   parallel_for(B * H, grain_for(Tq * Tk * D), [&](int64_t t0, int64_t t1) {
-    std::vector<T> scratch(static_cast<size_t>(attention_scratch(Tq, D)));
+    std::vector<T> scratch(static_cast<size_t>(attention_scratch(Tq, Tk, D)));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / H, h = t % H;
       AttnHead<T> a{};

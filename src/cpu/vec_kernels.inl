@@ -515,14 +515,50 @@ void mm_pv(T* BB_R Acc, const T* BB_R P, const T* BB_R X, const T* alpha, int64_
   }
 }
 
-// Acc[c][0:Dp] += sum_{r < rows} P[r][c] * X[r][0:Dp] for c < cols (P^T X): P is
-// transposed into Pt (Bc x Br) first, so the product runs as mm_pv's row loop.
+// Acc[c][0:Dp] += sum_{r < rows} P[r][c] * X[r][0:Dp] for c < cols (P^T X; P [rows, Bc],
+// X [rows, Dp], Acc [cols, Dp]): P's columns are read with broadcasts, no transpose.
 template <typename T, int DC>
-void mm_ptx(T* BB_R Acc, const T* BB_R P, T* BB_R Pt, const T* BB_R X, int64_t rows, int64_t cols, int64_t Dp) {
-  for (int64_t c = 0; c < cols; ++c)
-    for (int64_t r = 0; r < rows; ++r) Pt[c * Br + r] = P[r * Bc + c];
-  static_assert(Br == Bc, "mm_pv reads Pt rows with P's row stride");
-  mm_pv<T, DC>(Acc, Pt, X, nullptr, cols, rows, Dp);
+void mm_ptx(T* BB_R Acc, const T* BB_R P, const T* BB_R X, int64_t rows, int64_t cols, int64_t Dp_) {
+  if constexpr (DC == 0) {
+    const int64_t Dp = Dp_;
+    for (int64_t c = 0; c < cols; ++c) {
+      T* a = Acc + c * Dp;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T p = P[r * Bc + c];
+        const T* x = X + r * Dp;
+        for (int64_t d = 0; d < Dp; ++d) a[d] += p * x[d];
+      }
+    }
+  } else {
+    using V = vec_t<T>;
+    constexpr int64_t W = VecOf<T>::W, NV = DC / W;
+    constexpr int64_t R = NV <= 2 ? 4 : (NV <= 4 ? 2 : 1);  // columns at once
+    int64_t c = 0;
+    for (; c + R <= cols; c += R) {
+      V a[R][NV];
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t j = 0; j < NV; ++j) a[i][j] = vload(Acc + (c + i) * DC + j * W);
+      for (int64_t r = 0; r < rows; ++r) {
+        V x[NV];
+        for (int64_t j = 0; j < NV; ++j) x[j] = vload(X + r * DC + j * W);
+        for (int64_t i = 0; i < R; ++i) {
+          const T p = P[r * Bc + c + i];
+          for (int64_t j = 0; j < NV; ++j) a[i][j] += p * x[j];
+        }
+      }
+      for (int64_t i = 0; i < R; ++i)
+        for (int64_t j = 0; j < NV; ++j) vstore(Acc + (c + i) * DC + j * W, a[i][j]);
+    }
+    for (; c < cols; ++c) {
+      V a[NV];
+      for (int64_t j = 0; j < NV; ++j) a[j] = vload(Acc + c * DC + j * W);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T p = P[r * Bc + c];
+        for (int64_t j = 0; j < NV; ++j) a[j] += p * vload(X + r * DC + j * W);
+      }
+      for (int64_t j = 0; j < NV; ++j) vstore(Acc + c * DC + j * W, a[j]);
+    }
+  }
 }
 
 // Row max of Bc values in L lanes.
@@ -570,14 +606,21 @@ inline int64_t padded_dim(int64_t D) {
 template <typename T, int DC>
 void attention_forward_impl(const AttnHead<T>& h, T* scratch) {
   const int64_t D = h.D, Dp = DC ? DC : padded_dim(D), Tq = h.Tq, Tk = h.Tk;
-  T* qb = scratch;        // [Br, Dp]
-  T* kt = qb + Br * Dp;   // [Dp, Bc]
-  T* vb = kt + Dp * Bc;   // [Bc, Dp]
-  T* S = vb + Bc * Dp;    // [Br, Bc]
+  const int64_t tiles = (Tk + Bc - 1) / Bc;
+  T* qb = scratch;                  // [Br, Dp]
+  T* kt_all = qb + Br * Dp;         // [tiles][Dp, Bc]: k transposed, a tile at a time
+  T* vb_all = kt_all + tiles * Dp * Bc;  // [tiles * Bc, Dp]
+  T* S = vb_all + tiles * Bc * Dp;  // [Br, Bc]
   T* acc = S + Br * Bc;   // [Br, Dp]
   T* m = acc + Br * Dp;   // [Br]
   T* l = m + Br;          // [Br]
   T* alpha = l + Br;      // [Br]
+  // k and v are read by every query tile: copied (k transposed, both padded) once per head.
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t j0 = t * Bc, cols = mn_(Bc, Tk - j0);
+    load_transposed(kt_all + t * Dp * Bc, h.k, h.k_rs, j0, cols, D, Dp);
+    load_rows(vb_all + j0 * Dp, h.v, h.v_rs, j0, cols, D, Dp);
+  }
   for (int64_t i0 = 0; i0 < Tq; i0 += Br) {
     const int64_t rows = mn_(Br, Tq - i0);
     load_rows(qb, h.q, h.q_rs, i0, rows, D, Dp);
@@ -589,8 +632,8 @@ void attention_forward_impl(const AttnHead<T>& h, T* scratch) {
     const int64_t jend = key_end(i0 + rows - 1, Tq, Tk, h.causal);
     for (int64_t j0 = 0; j0 < jend; j0 += Bc) {
       const int64_t cols = mn_(Bc, jend - j0);
-      load_transposed(kt, h.k, h.k_rs, j0, cols, D, Dp);
-      load_rows(vb, h.v, h.v_rs, j0, cols, D, Dp);
+      const T* kt = kt_all + (j0 / Bc) * Dp * Bc;
+      const T* vb = vb_all + j0 * Dp;
       mm_abt<T, DC>(S, qb, kt, rows, Dp);
       tile_scale_mask(S, rows, h.scale, i0, j0, Tq, Tk, h.causal, cols);
       for (int64_t r = 0; r < rows; ++r) {
@@ -629,8 +672,7 @@ void attention_backward_impl(const AttnHead<T>& h, T* scratch) {
   T* dv = dk + Bc * Dp;      // [Bc, Dp]
   T* P = dv + Bc * Dp;       // [Br, Bc]
   T* dS = P + Br * Bc;       // [Br, Bc]
-  T* Pt = dS + Br * Bc;      // [Bc, Br]
-  T* Di = Pt + Bc * Br;      // [Br]
+  T* Di = dS + Br * Bc;      // [Br]
   T* dq = Di + Br;           // [Tq, Dp]: dQ of the whole head, written at the end
   for (int64_t i = 0; i < Tq * Dp; ++i) dq[i] = 0;
   for (int64_t j0 = 0; j0 < Tk; j0 += Bc) {
@@ -664,7 +706,7 @@ void attention_backward_impl(const AttnHead<T>& h, T* scratch) {
           pr[c] = x == -T(kInf) ? T(0) : e;
         }
       }
-      mm_ptx<T, DC>(dv, P, Pt, dob, rows, cols, Dp);  // dV += P^T dO
+      mm_ptx<T, DC>(dv, P, dob, rows, cols, Dp);  // dV += P^T dO
       mm_abt<T, DC>(dS, dob, vt, rows, Dp);       // dP = dO v^T
       for (int64_t r = 0; r < rows; ++r) {
         const T* pr = P + r * Bc;
@@ -673,7 +715,7 @@ void attention_backward_impl(const AttnHead<T>& h, T* scratch) {
         for (int64_t c = 0; c < Bc; ++c) dsr[c] = pr[c] * (dsr[c] - di) * sc;
       }
       mm_pv<T, DC>(dq + i0 * Dp, dS, kb, nullptr, rows, cols, Dp);  // dQ += dS k
-      mm_ptx<T, DC>(dk, dS, Pt, qb, rows, cols, Dp);                // dK += dS^T q
+      mm_ptx<T, DC>(dk, dS, qb, rows, cols, Dp);                    // dK += dS^T q
     }
     for (int64_t c = 0; c < cols; ++c) {
       T* dkr = h.dk + (j0 + c) * h.dk_rs;
