@@ -1,12 +1,12 @@
-// bench_train: the time of one full training step on the CPU (forward, backward, gradient clipping, AdamW) for the
-// GPT presets and a user-style model, with tokens/s and GFLOP/s; --compare-torch runs PyTorch eager on the same
-// models, weights and batches, interleaved in the same run, and prints the ratio.
+// bench_train: the time of one full training step on the CPU (forward, backward, gradient clipping, AdamW)
+// for the GPT presets and a user-style model, with tokens/s and GFLOP/s; --compare-torch runs PyTorch eager
+// on the same models, weights and batches, interleaved in the same run, and prints the ratio.
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -77,9 +77,9 @@ std::string command_line(const std::string& cmd) {
   return out;
 }
 
-// The user-style model: a char-level transformer written from barbell's ops the way a libtorch user would write
-// one: RMSNorm, rotary positions (tables built on the host: barbell has no sin/cos ops), SwiGLU, no biases, an
-// untied head. torch_train_step.py's UserModel is the same model under the same names.
+// The user-style model: a char-level transformer written from barbell's ops the way a libtorch user would
+// write one: RMSNorm, rotary positions (tables built on the host: barbell has no sin/cos ops), SwiGLU, no
+// biases, an untied head. torch_train_step.py's UserModel is the same model under the same names.
 struct UserConfig {
   int64_t vocab = kVocab, n_layer = 4, n_head = 4, n_embd = 128, hidden = 352, block = 128;
   double eps = 1e-5;
@@ -103,7 +103,9 @@ class UserBlock : public bb::nn::Module {
   bb::Tensor forward(const bb::Tensor& x, const bb::Tensor& cos, const bb::Tensor& sin) const {
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), D = C / H;
     bb::Tensor h = attn_norm->forward(x);
-    auto heads = [&](const std::shared_ptr<bb::nn::Linear>& w) { return w->forward(h).view({B, T, H, D}).transpose(1, 2); };
+    auto heads = [&](const std::shared_ptr<bb::nn::Linear>& w) {
+      return w->forward(h).view({B, T, H, D}).transpose(1, 2);
+    };
     auto rope = [&](const bb::Tensor& t) {  // t * cos + rotate_half(t) * sin
       std::vector<bb::Tensor> p = bb::chunk(t, 2, -1);
       return bb::add(bb::mul(t, cos), bb::mul(bb::cat({bb::neg(p[1]), p[0]}, -1), sin));
@@ -133,7 +135,8 @@ class UserModel : public bb::nn::Module {
     bb::Generator gen(1337);
     tok_emb = register_module("tok_emb", std::make_shared<bb::nn::Embedding>(c.vocab, c.n_embd, 0.02, &gen));
     layers = register_module("layers", std::make_shared<bb::nn::ModuleList>());
-    for (int64_t i = 0; i < c.n_layer; ++i) blocks.push_back(layers->push_back(std::make_shared<UserBlock>(c, &gen)));
+    for (int64_t i = 0; i < c.n_layer; ++i)
+      blocks.push_back(layers->push_back(std::make_shared<UserBlock>(c, &gen)));
     norm = register_module("norm", std::make_shared<bb::nn::RMSNorm>(c.n_embd, c.eps));
     head = register_module("head", std::make_shared<bb::nn::Linear>(c.n_embd, c.vocab, false, 0.02, &gen));
     // Rotary tables [block, D]: angle t * theta^(-2i/D) for i < D/2, repeated for the two halves.
@@ -141,7 +144,8 @@ class UserModel : public bb::nn::Module {
     std::vector<float> vc(static_cast<size_t>(c.block * D)), vs(vc.size());
     for (int64_t t = 0; t < c.block; ++t)
       for (int64_t i = 0; i < D; ++i) {
-        double a = static_cast<double>(t) * std::pow(10000.0, -2.0 * static_cast<double>(i % (D / 2)) / double(D));
+        double a =
+            static_cast<double>(t) * std::pow(10000.0, -2.0 * static_cast<double>(i % (D / 2)) / double(D));
         vc[static_cast<size_t>(t * D + i)] = static_cast<float>(std::cos(a));
         vs[static_cast<size_t>(t * D + i)] = static_cast<float>(std::sin(a));
       }
@@ -175,8 +179,8 @@ class Trainer {
       c.block = s.seq_len;
       user_ = std::make_unique<UserModel>(c);
       module_ = user_.get();
-      meta_ = {{"model", "user"},  {"vocab_size", c.vocab}, {"n_layer", c.n_layer}, {"n_head", c.n_head},
-               {"n_embd", c.n_embd}, {"hidden", c.hidden},  {"eps", c.eps}};
+      meta_ = {{"model", "user"},    {"vocab_size", c.vocab}, {"n_layer", c.n_layer}, {"n_head", c.n_head},
+               {"n_embd", c.n_embd}, {"hidden", c.hidden},    {"eps", c.eps}};
     } else {
       bb::nn::GPTConfig cfg = bb::nn::GPTConfig::preset(s.name);
       cfg.vocab_size = kVocab;
@@ -226,7 +230,8 @@ class Trainer {
     return std::chrono::duration<double>(Clock::now() - t0).count();
   }
 
-  // The initial weights, batches and (user model) rotary tables, config in the metadata, for torch_train_step.py.
+  // The initial weights, batches and (user model) rotary tables, config in the metadata, for
+  // torch_train_step.py.
   void save(const std::string& path) const {
     bb::io::TensorMap t;
     for (auto& [n, p] : module_->named_parameters()) t.emplace_back(n, p.detach());
@@ -243,9 +248,10 @@ class Trainer {
 
   int64_t num_parameters() const { return module_->num_parameters(); }
   json describe() const { return meta_; }
-  // FLOPs per token of a training step (forward + backward = 3x forward): 6 per parameter that is a matmul weight
-  // (embeddings count only when they are the tied output projection), plus attention's q k^T and att v: 2 * 2 * T *
-  // C forward per layer, 12 * L * T * C with the backward. The causal attention is counted in full, no halving.
+  // FLOPs per token of a training step (forward + backward = 3x forward): 6 per parameter that is a matmul
+  // weight (embeddings count only when they are the tied output projection), plus attention's q k^T and att
+  // v: 2 * 2 * T * C forward per layer, 12 * L * T * C with the backward. The causal attention is counted in
+  // full, no halving.
   double flops_per_token() const {
     int64_t n = num_parameters();
     int64_t L, C;
@@ -293,12 +299,14 @@ double matmul_ceiling_gflops() {
   return 2.0 * static_cast<double>(n * n * n) / best / 1e9;
 }
 
-json bench_config(const Shape& s, int64_t steps_flag, double seconds, int warmup, double ceiling, bb::DType dtype) {
+json bench_config(const Shape& s, int64_t steps_flag, double seconds, int warmup, double ceiling,
+                  bb::DType dtype) {
   Trainer tr(s, dtype);
   double warm_s = 0;
   for (int i = 0; i < warmup; ++i) warm_s = tr.step();
   int64_t steps = steps_flag;
-  if (steps <= 0) steps = std::clamp<int64_t>(static_cast<int64_t>(seconds / std::max(warm_s, 1e-6)), 3, 1000);
+  if (steps <= 0)
+    steps = std::clamp<int64_t>(static_cast<int64_t>(seconds / std::max(warm_s, 1e-6)), 3, 1000);
   std::vector<double> times;
   for (int64_t i = 0; i < steps; ++i) times.push_back(tr.step());
   const int64_t n_params = tr.num_parameters();
@@ -378,7 +386,8 @@ class TorchPeer {
              "see scripts/setup-torch-cpu.sh)",
              req.dump());
     json r = json::parse(reply);
-    BB_CHECK(r.value("ok", false), bb::Error, "bench_train: torch_train_step.py: {}", r.value("error", reply));
+    BB_CHECK(r.value("ok", false), bb::Error, "bench_train: torch_train_step.py: {}",
+             r.value("error", reply));
     return r;
   }
 
@@ -403,11 +412,12 @@ Spread spread(std::vector<double> v) {
 }
 
 // The same-run comparison of one config: barbell and PyTorch at each thread count, as four trainers that take
-// turns, a few steps each, for `rounds` rounds (the order rotates every round, so slow phases of a busy machine
-// fall on all four alike). Each trainer starts from the same weights and batches and runs the same steps, so the
-// losses must agree to f32 noise; they are compared step by step.
-json compare_config(const Shape& s, const std::vector<int>& threads, int rounds, double round_seconds, int warmup,
-                    const std::string& python, const std::string& script, const std::string& dir, bool keep) {
+// turns, a few steps each, for `rounds` rounds (the order rotates every round, so slow phases of a busy
+// machine fall on all four alike). Each trainer starts from the same weights and batches and runs the same
+// steps, so the losses must agree to f32 noise; they are compared step by step.
+json compare_config(const Shape& s, const std::vector<int>& threads, int rounds, double round_seconds,
+                    int warmup, const std::string& python, const std::string& script, const std::string& dir,
+                    bool keep) {
   const std::string file = keep ? fmt::format("{}/bench_train_{}.safetensors", dir, s.name)
                                 : fmt::format("{}/bench_train_{}_{}.safetensors", dir, s.name, getpid());
   struct Side {
@@ -431,8 +441,8 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
     Side p{"torch", t, nullptr, std::make_unique<TorchPeer>(python, script), {}, {}};
     json r = p.torch->request({{"cmd", "load"}, {"file", file}, {"threads", t}});
     BB_CHECK(r.at("parameters").get<int64_t>() == params, bb::Error,
-             "bench_train: torch's {} model has {} parameters, barbell's {}", s.name, r.at("parameters").dump(),
-             params);
+             "bench_train: torch's {} model has {} parameters, barbell's {}", s.name,
+             r.at("parameters").dump(), params);
     sides.push_back(std::move(p));
   }
   if (!keep) std::remove(file.c_str());
@@ -456,7 +466,8 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
   for (auto& sd : sides) slowest = std::max(slowest, run(sd, warmup, false));
   const int k = static_cast<int>(std::clamp(round_seconds / std::max(slowest, 1e-6), 1.0, 50.0));
   for (int r = 0; r < rounds; ++r)
-    for (size_t i = 0; i < sides.size(); ++i) run(sides[(i + static_cast<size_t>(r)) % sides.size()], k, true);
+    for (size_t i = 0; i < sides.size(); ++i)
+      run(sides[(i + static_cast<size_t>(r)) % sides.size()], k, true);
 
   // Losses: every trainer ran the same steps from the same start.
   double first_diff = 0, max_diff = 0;
@@ -467,17 +478,18 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
       max_diff = std::max(max_diff, d);
       if (i < n_first) first_diff = std::max(first_diff, d);
     }
-  json out = {{"config", s.name},
-              {"model", model},
-              {"batch", s.batch},
-              {"seq_len", s.seq_len},
-              {"parameters", params},
-              {"rounds", rounds},
-              {"steps_per_round", k},
-              {"warmup_steps", warmup},
-              {"loss_first_steps", std::vector<double>(sides[0].losses.begin(), sides[0].losses.begin() + n_first)},
-              {"loss_max_abs_diff_first_3_steps", first_diff},
-              {"loss_max_abs_diff_all_steps", max_diff}};
+  json out = {
+      {"config", s.name},
+      {"model", model},
+      {"batch", s.batch},
+      {"seq_len", s.seq_len},
+      {"parameters", params},
+      {"rounds", rounds},
+      {"steps_per_round", k},
+      {"warmup_steps", warmup},
+      {"loss_first_steps", std::vector<double>(sides[0].losses.begin(), sides[0].losses.begin() + n_first)},
+      {"loss_max_abs_diff_first_3_steps", first_diff},
+      {"loss_max_abs_diff_all_steps", max_diff}};
   json runs = json::array();
   for (int t : threads) {
     Spread b{}, p{};
@@ -495,8 +507,8 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
                       {"ms_max", sp.max}});
     }
     fmt::print("{:<7} {:>7.2f}M {:>3} {:>10.1f} {:>15} {:>10.1f} {:>15} {:>7.2f}x {:>10.1e}\n", s.name,
-               static_cast<double>(params) / 1e6, t, b.median, fmt::format("{:.0f}-{:.0f}", b.p25, b.p75), p.median,
-               fmt::format("{:.0f}-{:.0f}", p.p25, p.p75), b.median / p.median, first_diff);
+               static_cast<double>(params) / 1e6, t, b.median, fmt::format("{:.0f}-{:.0f}", b.p25, b.p75),
+               p.median, fmt::format("{:.0f}-{:.0f}", p.p25, p.p75), b.median / p.median, first_diff);
     out[fmt::format("ratio_{}t", t)] = b.median / p.median;
   }
   std::fflush(stdout);
@@ -534,11 +546,13 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--steps", steps, "Timed steps per preset (0: as many as fit in --seconds, at least 3)")
       ->capture_default_str();
-  app.add_option("--seconds", seconds, "Target timed seconds per preset when --steps is 0")->capture_default_str();
+  app.add_option("--seconds", seconds, "Target timed seconds per preset when --steps is 0")
+      ->capture_default_str();
   app.add_option("--warmup", warmup, "Untimed steps first")->capture_default_str()->check(CLI::Range(1, 100));
   app.add_option("--json", json_path, "Write the results as JSON to this file");
   app.add_option("--threads", threads, "CPU threads (0: barbell's default)")->capture_default_str();
-  app.add_option("--dtype", dtype_name, "Parameter and activation dtype: f32 or bf16 (bf16 with f32 master weights)")
+  app.add_option("--dtype", dtype_name,
+                 "Parameter and activation dtype: f32 or bf16 (bf16 with f32 master weights)")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "bf16"}));
   app.add_flag("--no-ceiling", no_ceiling, "Skip the matmul ceiling measurement (for profilers: callgrind)");
@@ -547,35 +561,42 @@ int main(int argc, char** argv) {
                "interleaved with barbell, and print the ratio");
   app.add_option("--compare-threads", compare_threads, "Thread counts compared (--compare-torch)")
       ->capture_default_str();
-  app.add_option("--rounds", rounds, "Interleaved rounds per config (--compare-torch)")->capture_default_str();
-  app.add_option("--round-seconds", round_seconds, "About how long each trainer runs per round (--compare-torch)")
+  app.add_option("--rounds", rounds, "Interleaved rounds per config (--compare-torch)")
       ->capture_default_str();
-  app.add_option("--python", python, "Python with PyTorch ($BARBELL_TORCH_PYTHON; scripts/setup-torch-cpu.sh)")
+  app.add_option("--round-seconds", round_seconds,
+                 "About how long each trainer runs per round (--compare-torch)")
+      ->capture_default_str();
+  app.add_option("--python", python,
+                 "Python with PyTorch ($BARBELL_TORCH_PYTHON; scripts/setup-torch-cpu.sh)")
       ->capture_default_str();
   app.add_option("--torch-script", script, "torch_train_step.py")->capture_default_str();
-  app.add_option("--keep-configs", keep_dir,
-                 "Write each config's weights and batches to DIR/bench_train_CONFIG.safetensors and keep them "
-                 "(for running torch_train_step.py by hand)");
+  app.add_option(
+      "--keep-configs", keep_dir,
+      "Write each config's weights and batches to DIR/bench_train_CONFIG.safetensors and keep them "
+      "(for running torch_train_step.py by hand)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     if (threads > 0) bb::set_num_threads(threads);
     const bb::DType dtype = dtype_name == "bf16" ? bb::DType::BF16 : bb::DType::F32;
-    BB_CHECK(!compare || dtype == bb::DType::F32, bb::ValueError, "bench_train: --compare-torch runs f32 only");
+    BB_CHECK(!compare || dtype == bb::DType::F32, bb::ValueError,
+             "bench_train: --compare-torch runs f32 only");
     std::vector<Shape> chosen;
     std::stringstream ss(presets);
     for (std::string name; std::getline(ss, name, ',');) {
       auto it = std::find_if(kShapes.begin(), kShapes.end(), [&](const Shape& s) { return s.name == name; });
-      BB_CHECK(it != kShapes.end(), bb::ValueError, "bench_train: unknown config '{}' (tiny, small, medium, gpt2, user)",
-               name);
+      BB_CHECK(it != kShapes.end(), bb::ValueError,
+               "bench_train: unknown config '{}' (tiny, small, medium, gpt2, user)", name);
       chosen.push_back(*it);
     }
     const std::string cpu = first_line_of("/proc/cpuinfo", "model name");
     const std::string load_before = first_line_of("/proc/loadavg", "");
-    const std::string commit = command_line(fmt::format("git -C '{}' rev-parse --short HEAD 2>/dev/null", BENCH_SOURCE_DIR));
-    fmt::print("bench_train: {} | {} threads ({} hardware) | OMP_WAIT_POLICY={} | load average {} | commit {}\n",
-               cpu.empty() ? "unknown CPU" : cpu, bb::num_threads(), std::thread::hardware_concurrency(),
-               env_or("OMP_WAIT_POLICY", "(unset)"), load_before, commit);
+    const std::string commit =
+        command_line(fmt::format("git -C '{}' rev-parse --short HEAD 2>/dev/null", BENCH_SOURCE_DIR));
+    fmt::print(
+        "bench_train: {} | {} threads ({} hardware) | OMP_WAIT_POLICY={} | load average {} | commit {}\n",
+        cpu.empty() ? "unknown CPU" : cpu, bb::num_threads(), std::thread::hardware_concurrency(),
+        env_or("OMP_WAIT_POLICY", "(unset)"), load_before, commit);
     json out = {{"benchmark", compare ? "bench_train --compare-torch" : "bench_train"},
                 {"barbell_version", BARBELL_VERSION},
                 {"commit", commit},
@@ -597,7 +618,8 @@ int main(int argc, char** argv) {
                  "barbell ms", "(p25-p75)", "torch ms", "(p25-p75)", "ratio", "|dloss|");
       for (auto& s : chosen)
         results.push_back(compare_config(s, tl, rounds, round_seconds, warmup, python, script,
-                                         keep_dir.empty() ? (tmp ? tmp : "/tmp") : keep_dir, !keep_dir.empty()));
+                                         keep_dir.empty() ? (tmp ? tmp : "/tmp") : keep_dir,
+                                         !keep_dir.empty()));
     } else {
       const double ceiling = no_ceiling ? 1.0 : matmul_ceiling_gflops();
       out["matmul_ceiling_gflop_per_s"] = ceiling;

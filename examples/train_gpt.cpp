@@ -506,7 +506,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--digits", a.digits, "Digits per operand in the addition task")->capture_default_str()->check(CLI::Range(1, 9));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
-  app.add_option("--threads", a.threads, "CPU threads (0: barbell's default, one per physical core)")->capture_default_str();
+  app.add_option("--threads", a.threads, "CPU threads (0: barbell's default, one per physical core)")
+      ->capture_default_str();
   app.add_flag("--zero", a.zero, "Under mpirun: shard AdamW's state over the ranks (ZeRO-1) instead of DataParallel");
   CLI11_PARSE(app, argc, argv);
   try {

@@ -5,8 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
-#include <string>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cpu/gemm.hpp"
@@ -119,13 +119,15 @@ TEST_CASE("vec kernels: binary ops, bias, sums against float64", "[cpu][vec]") {
       k->col_sum(acc.data(), m.data(), 3, n);
       for (int64_t c = 0; c < n; ++c)
         require_near(acc[static_cast<size_t>(c)],
-                     1.0 + double(m[static_cast<size_t>(c)]) + m[static_cast<size_t>(n + c)] + m[static_cast<size_t>(2 * n + c)],
+                     1.0 + double(m[static_cast<size_t>(c)]) + m[static_cast<size_t>(n + c)] +
+                         m[static_cast<size_t>(2 * n + c)],
                      0, 1e-12);
       auto m2 = m;
       k->add_bias(m2.data(), a.data(), 3, n);
       for (int64_t r = 0; r < 3; ++r)
         for (int64_t c = 0; c < n; ++c)
-          REQUIRE(m2[static_cast<size_t>(r * n + c)] == m[static_cast<size_t>(r * n + c)] + a[static_cast<size_t>(c)]);
+          REQUIRE(m2[static_cast<size_t>(r * n + c)] ==
+                  m[static_cast<size_t>(r * n + c)] + a[static_cast<size_t>(c)]);
     }
   }
 }
@@ -188,8 +190,8 @@ TEST_CASE("vec kernels: layer_norm, rms_norm and their gradients against float64
       std::vector<double> dw(static_cast<size_t>(n), 0.0), db(static_cast<size_t>(n), 0.0);
       std::vector<double> dw_want(static_cast<size_t>(n), 0.0), db_want(static_cast<size_t>(n), 0.0);
       k->layer_norm(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, n, 1e-5f);
-      k->layer_norm_grad(dx.data(), dw.data(), db.data(), g.data(), x.data(), mean.data(), rstd.data(), w.data(), rows,
-                         n);
+      k->layer_norm_grad(dx.data(), dw.data(), db.data(), g.data(), x.data(), mean.data(), rstd.data(),
+                         w.data(), rows, n);
       for (int64_t r = 0; r < rows; ++r) {
         const float* xr = x.data() + r * n;
         double mu = 0, var = 0;
@@ -311,12 +313,13 @@ TEST_CASE("cpu attention: the fused kernel equals the composition of ops in floa
     int64_t B, H, Tq, Tk, D;
   };
   // Head dims with a specialised loop and without; one and several tiles (64); Tq != Tk.
-  const std::vector<Case> cases = {{2, 3, 7, 7, 16},   {1, 2, 64, 64, 32}, {2, 1, 130, 130, 64},
-                                   {1, 2, 70, 70, 8},  {1, 1, 3, 150, 80}, {1, 2, 129, 77, 128},
+  const std::vector<Case> cases = {{2, 3, 7, 7, 16},  {1, 2, 64, 64, 32}, {2, 1, 130, 130, 64},
+                                   {1, 2, 70, 70, 8}, {1, 1, 3, 150, 80}, {1, 2, 129, 77, 128},
                                    {1, 1, 1, 1, 16}};
   for (const auto& c : cases)
     for (bool causal : {false, true}) {
-      INFO("B " << c.B << " H " << c.H << " Tq " << c.Tq << " Tk " << c.Tk << " D " << c.D << " causal " << causal);
+      INFO("B " << c.B << " H " << c.H << " Tq " << c.Tq << " Tk " << c.Tk << " D " << c.D << " causal "
+                << causal);
       if (causal && c.Tq > c.Tk) continue;  // rows that see no key: NaN in both
       Qkv x = make_qkv(c.B, c.H, c.Tq, c.Tk, c.D, bb::kF64, 21);
       bb::Generator g(22);
@@ -342,7 +345,8 @@ TEST_CASE("cpu attention: the fused kernel equals the composition of ops in floa
     }
 }
 
-TEST_CASE("cpu attention: every x86-64 level's kernel gives the float64 composition's result", "[cpu][attention]") {
+TEST_CASE("cpu attention: every x86-64 level's kernel gives the float64 composition's result",
+          "[cpu][attention]") {
   const int64_t Tq = 100, Tk = 100, D = 32;
   Qkv x0 = make_qkv(1, 1, Tq, Tk, D, bb::kF32, 31);  // f32 values, so f32 and f64 runs see the same inputs
   Qkv x{Tensor(), x0.q.to(bb::kF64), x0.k.to(bb::kF64), x0.v.to(bb::kF64)};
@@ -350,7 +354,8 @@ TEST_CASE("cpu attention: every x86-64 level's kernel gives the float64 composit
   Tensor w = bb::randn({1, 1, Tq, D}, {}, &g).to(bb::kF64);
   const double scale = 0.2;
   AttnResult want = run_attention(x, true, scale, w, true);
-  Tensor q = x.q.contiguous().to(bb::kF32), k = x.k.contiguous().to(bb::kF32), v = x.v.contiguous().to(bb::kF32);
+  Tensor q = x.q.contiguous().to(bb::kF32), k = x.k.contiguous().to(bb::kF32),
+         v = x.v.contiguous().to(bb::kF32);
   Tensor dout = w.to(bb::kF32).contiguous();
   for (auto* kt : tables()) {
     INFO(kt->isa);
@@ -387,8 +392,10 @@ TEST_CASE("cpu attention: every x86-64 level's kernel gives the float64 composit
           kt->attention_backward_f64(h, scratch.data());
         }
       };
-      if (f64) run(double{});
-      else run(float{});
+      if (f64)
+        run(double{});
+      else
+        run(float{});
       const double atol = f64 ? 1e-12 : 2e-5, rtol = f64 ? 1e-10 : 1e-3;
       bbtest::require_close(o, want.out.reshape({Tq, D}), atol, rtol);
       bbtest::require_close(lse, want.lse.reshape({Tq}), atol, rtol);
@@ -418,7 +425,8 @@ TEST_CASE("cpu attention: float64 gradients match finite differences", "[cpu][at
   }
 }
 
-TEST_CASE("cpu attention: 16-bit inputs run in f32 and give 16-bit outputs and gradients", "[cpu][attention]") {
+TEST_CASE("cpu attention: 16-bit inputs run in f32 and give 16-bit outputs and gradients",
+          "[cpu][attention]") {
   Qkv x = make_qkv(1, 2, 20, 20, 16, bb::kF32, 51);
   Qkv xb{Tensor(), x.q.to(bb::kBF16), x.k.to(bb::kBF16), x.v.to(bb::kBF16)};
   bb::Generator g(52);
@@ -440,24 +448,28 @@ TEST_CASE("matmul: products split between threads equal the float64 product", "[
   std::vector<std::string> backends = {"openblas"};
   if (saved == "onednn") backends.push_back("onednn");
   for (const auto& be : backends) {
-  INFO("GEMM " << be);
-  bb::cpu::set_gemm_backend(be.c_str());
-  bb::Generator g(61);
-  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{300, 200, 150}, {1000, 70, 130}, {33, 777, 300},
-                         {100, 90, 4100}, {7, 5, 200000}}) {
-    INFO(M << " x " << N << " x " << K);
-    Tensor a = bb::randn({M, K}, {}, &g), b = bb::randn({K, N}, {}, &g);
-    Tensor want = bb::matmul(a.to(bb::kF64), b.to(bb::kF64));
-    bbtest::require_close(bb::matmul(a, b), want, 1e-3, 1e-4);
-    Tensor at = a.t().contiguous().t(), bt = b.t().contiguous().t();  // column-major storage
-    bbtest::require_close(bb::matmul(at, bt), want, 1e-3, 1e-4);
-  }
-  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{600, 120, 60}, {50, 60, 3000}}) {
-    Tensor a = bb::randn({3, M, K}, {}, &g), b = bb::randn({3, K, N}, {}, &g);
-    bbtest::require_close(bb::matmul(a, b), bb::matmul(a.to(bb::kF64), b.to(bb::kF64)), 1e-3, 1e-4);
-    bbtest::require_close(bb::matmul(a.to(bb::kF64), b.to(bb::kF64).transpose(1, 2).contiguous().transpose(1, 2)),
-                          bb::matmul(a.to(bb::kF64), b.to(bb::kF64)), 1e-10, 1e-10);
-  }
+    INFO("GEMM " << be);
+    bb::cpu::set_gemm_backend(be.c_str());
+    bb::Generator g(61);
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{300, 200, 150},
+                           {1000, 70, 130},
+                           {33, 777, 300},
+                           {100, 90, 4100},
+                           {7, 5, 200000}}) {
+      INFO(M << " x " << N << " x " << K);
+      Tensor a = bb::randn({M, K}, {}, &g), b = bb::randn({K, N}, {}, &g);
+      Tensor want = bb::matmul(a.to(bb::kF64), b.to(bb::kF64));
+      bbtest::require_close(bb::matmul(a, b), want, 1e-3, 1e-4);
+      Tensor at = a.t().contiguous().t(), bt = b.t().contiguous().t();  // column-major storage
+      bbtest::require_close(bb::matmul(at, bt), want, 1e-3, 1e-4);
+    }
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{600, 120, 60}, {50, 60, 3000}}) {
+      Tensor a = bb::randn({3, M, K}, {}, &g), b = bb::randn({3, K, N}, {}, &g);
+      bbtest::require_close(bb::matmul(a, b), bb::matmul(a.to(bb::kF64), b.to(bb::kF64)), 1e-3, 1e-4);
+      bbtest::require_close(
+          bb::matmul(a.to(bb::kF64), b.to(bb::kF64).transpose(1, 2).contiguous().transpose(1, 2)),
+          bb::matmul(a.to(bb::kF64), b.to(bb::kF64)), 1e-10, 1e-10);
+    }
     if (be == "onednn" && bb::cpu::bf16_gemm_available()) {
       // bf16 operands through the bf16 GEMM: the f32 product of the same (rounded) values.
       Tensor a = bb::randn({300, 500}, {}, &g).to(bb::kBF16), b = bb::randn({500, 200}, {}, &g).to(bb::kBF16);
@@ -473,9 +485,18 @@ TEST_CASE("matmul: products split between threads equal the float64 product", "[
 
 TEST_CASE("vec kernels: bf16 conversions are BFloat16's, bit for bit", "[cpu][vec][bf16]") {
   std::vector<float> x = randf(1000, 71, 100.0);
-  const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, std::numeric_limits<float>::quiet_NaN(),
-                            -std::numeric_limits<float>::quiet_NaN(), 3.0e38f, -3.4e38f, 1e-40f, 1.00390625f,
-                            1.01171875f, 1.0f + 1.0f / 256 + 1.0f / 512};  // ties round to even
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            INFINITY,
+                            -INFINITY,
+                            std::numeric_limits<float>::quiet_NaN(),
+                            -std::numeric_limits<float>::quiet_NaN(),
+                            3.0e38f,
+                            -3.4e38f,
+                            1e-40f,
+                            1.00390625f,
+                            1.01171875f,
+                            1.0f + 1.0f / 256 + 1.0f / 512};  // ties round to even
   x.insert(x.end(), std::begin(specials), std::end(specials));
   uint32_t snan_bits = 0x7f800001u;
   float snan;
@@ -504,7 +525,8 @@ TEST_CASE("bf16 ops run in f32 and match the float64 result of the same values",
     bb::NoGradGuard ng;
     return bb::mul(bb::randn(s, {}, &g), scale).to(bb::kBF16);
   };
-  Tensor x = rounded({40, 70}, 1.5), y = rounded({40, 70}, 1.0), w = rounded({70}, 1.0), b = rounded({70}, 0.3);
+  Tensor x = rounded({40, 70}, 1.5), y = rounded({40, 70}, 1.0), w = rounded({70}, 1.0),
+         b = rounded({70}, 0.3);
   Tensor gout = rounded({40, 70}, 1.0);
   Tensor t = bb::randint(0, 70, {40}, {bb::DType::I64}, &g);
   using F = std::function<Tensor(const std::vector<Tensor>&)>;
@@ -519,7 +541,8 @@ TEST_CASE("bf16 ops run in f32 and match the float64 result of the same values",
       {"rms_norm", [&](const std::vector<Tensor>& v) { return bb::rms_norm(v[0], v[2]); }},
       {"softmax", [&](const std::vector<Tensor>& v) { return bb::softmax(v[0], -1); }},
       {"log_softmax", [&](const std::vector<Tensor>& v) { return bb::log_softmax(v[0], -1); }},
-      {"sum over rows + bias", [&](const std::vector<Tensor>& v) { return bb::add(v[0], bb::sum(v[1], {0})); }},
+      {"sum over rows + bias",
+       [&](const std::vector<Tensor>& v) { return bb::add(v[0], bb::sum(v[1], {0})); }},
       {"cross_entropy", [&](const std::vector<Tensor>& v) { return bb::cross_entropy(v[0], t); }},
   };
   for (auto& [name, f] : fns) {

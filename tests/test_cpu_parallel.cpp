@@ -93,7 +93,8 @@ TEST_CASE("parallel_for: two threads calling at once both finish", "[cpu][parall
   bb::set_num_threads(2);
   std::atomic<int64_t> a{0}, b{0};
   auto work = [](std::atomic<int64_t>& acc) {
-    for (int r = 0; r < 200; ++r) bb::cpu::parallel_for(5000, 100, [&](int64_t x, int64_t y) { acc += y - x; });
+    for (int r = 0; r < 200; ++r)
+      bb::cpu::parallel_for(5000, 100, [&](int64_t x, int64_t y) { acc += y - x; });
   };
   std::thread t1(work, std::ref(a)), t2(work, std::ref(b));
   t1.join();

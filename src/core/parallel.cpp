@@ -174,13 +174,17 @@ class Pool {
     // Chunks other threads claimed and still run: spin a little, then give up the CPU
     // (on a busy machine the late thread may be waiting for this very core).
     for (int i = 0; j.done.load() < j.nchunks; ++i) {
-      if (i < 2000) cpu_relax();
-      else sched_yield();
+      if (i < 2000)
+        cpu_relax();
+      else
+        sched_yield();
     }
     job_.store(nullptr);
     for (int i = 0; busy_.load() > 0; ++i) {  // workers that looked at the job and are leaving it
-      if (i < 2000) cpu_relax();
-      else sched_yield();
+      if (i < 2000)
+        cpu_relax();
+      else
+        sched_yield();
     }
   }
 
@@ -196,7 +200,10 @@ class Pool {
   }
 
  private:
-  Pool() : threads_(default_threads()), spin_(spin_time()), workers_(std::make_unique<std::vector<std::thread>>()) {
+  Pool()
+      : threads_(default_threads()),
+        spin_(spin_time()),
+        workers_(std::make_unique<std::vector<std::thread>>()) {
     // barbell's loops and matmul splits are the parallelism; OpenBLAS's own threads
     // would compete with them for the same cores.
     openblas_set_num_threads(1);

@@ -17,8 +17,9 @@ T* head_ptr(const Tensor& t, int64_t b, int64_t h) {
 }
 
 template <typename T>
-void run_heads(bool backward, const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-               bool causal, double scale, const Tensor& dout, const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+void run_heads(bool backward, const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k,
+               const Tensor& v, bool causal, double scale, const Tensor& dout, const Tensor& dq,
+               const Tensor& dk, const Tensor& dv) {
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
   const VecKernels& vk = vec();
   // Each head is one task; a task's sums run in one order, whichever thread runs it.
@@ -62,7 +63,8 @@ void run_heads(bool backward, const Tensor& o, const Tensor& lse, const Tensor& 
 
 void check_layout(const Tensor& t, const char* what) {
   BB_CHECK(t.dim() == 4 && t.strides()[3] == 1, Error,
-           "attention (cpu): internal error: {} must be [B, H, T, D] with unit stride in D, got shape {} strides {}",
+           "attention (cpu): internal error: {} must be [B, H, T, D] with unit stride in D, got shape {} "
+           "strides {}",
            what, shape_str(t.shape()), shape_str(t.strides()));
 }
 
@@ -74,19 +76,28 @@ void attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, cons
   BB_CHECK(lse.is_contiguous() && lse.dtype() == q.dtype(), Error,
            "attention (cpu): internal error: lse must be contiguous and of q's dtype");
   if (q.dtype() == DType::F32) return run_heads<float>(false, o, lse, q, k, v, causal, scale, {}, {}, {}, {});
-  if (q.dtype() == DType::F64) return run_heads<double>(false, o, lse, q, k, v, causal, scale, {}, {}, {}, {});
+  if (q.dtype() == DType::F64)
+    return run_heads<double>(false, o, lse, q, k, v, causal, scale, {}, {}, {}, {});
   throw DTypeError(fmt::format("attention (cpu): takes f32 or f64 (the op converts 16-bit inputs), got {}",
                                dtype_name(q.dtype())));
 }
 
-void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
-                        const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse, bool causal,
-                        double scale) {
-  for (auto [t, n] : {std::pair{&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}, {&dout, "dout"}, {&o, "o"}, {&q, "q"}, {&k, "k"},
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                        bool causal, double scale) {
+  for (auto [t, n] : {std::pair{&dq, "dq"},
+                      {&dk, "dk"},
+                      {&dv, "dv"},
+                      {&dout, "dout"},
+                      {&o, "o"},
+                      {&q, "q"},
+                      {&k, "k"},
                       {&v, "v"}})
     check_layout(*t, n);
-  if (q.dtype() == DType::F32) return run_heads<float>(true, o, lse, q, k, v, causal, scale, dout, dq, dk, dv);
-  if (q.dtype() == DType::F64) return run_heads<double>(true, o, lse, q, k, v, causal, scale, dout, dq, dk, dv);
+  if (q.dtype() == DType::F32)
+    return run_heads<float>(true, o, lse, q, k, v, causal, scale, dout, dq, dk, dv);
+  if (q.dtype() == DType::F64)
+    return run_heads<double>(true, o, lse, q, k, v, causal, scale, dout, dq, dk, dv);
   throw DTypeError(fmt::format("attention backward (cpu): takes f32 or f64, got {}", dtype_name(q.dtype())));
 }
 

@@ -95,9 +95,9 @@ void dropout_mask(const Tensor& mask, double p, uint64_t seed, uint64_t offset);
 // q, k, v from dout (like o), with the forward's o and lse.
 void attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                        bool causal, double scale);
-void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout, const Tensor& q,
-                        const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse, bool causal,
-                        double scale);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                        bool causal, double scale);
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& p);
 double sum_of_squares(const Tensor& x);

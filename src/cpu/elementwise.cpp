@@ -4,10 +4,10 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/loops.hpp"
-#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -211,18 +211,21 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
         const T* y = pb + off[2];
         // f32 add/sub/mul/div: the vectorised kernels of this CPU's level (vec.hpp).
         if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float> &&
-                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul || OP == BinaryOp::Div)) {
+                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul ||
+                       OP == BinaryOp::Div)) {
           if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && (st[2] == 1 || st[2] == 0)) {
             return vec().binary(static_cast<int>(OP), o, x, y, n, st[2] == 0);
           }
         }
         if constexpr (std::is_same_v<T, BFloat16> && std::is_same_v<O, BFloat16> &&
-                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul || OP == BinaryOp::Div)) {
+                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul ||
+                       OP == BinaryOp::Div)) {
           if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && (st[2] == 1 || st[2] == 0)) {
             const auto fn = vec().binary;
-            return bf16_map2(o, x, y, n, st[2] == 0, [&](float* of, const float* af, const float* bf, int64_t m) {
-              fn(static_cast<int>(OP), of, af, bf, m, st[2] == 0);
-            });
+            return bf16_map2(o, x, y, n, st[2] == 0,
+                             [&](float* of, const float* af, const float* bf, int64_t m) {
+                               fn(static_cast<int>(OP), of, af, bf, m, st[2] == 0);
+                             });
           }
         }
         // The common cases get loops the compiler can vectorise.
@@ -269,10 +272,12 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& x, double scalar) {
           T* o = po + off[0];
           const T* in = px + off[1];
           if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
-            if (st[0] == 1 && st[1] == 1) return (OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh)(o, in, n);
+            if (st[0] == 1 && st[1] == 1)
+              return (OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh)(o, in, n);
           }
           if constexpr (std::is_same_v<T, BFloat16> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
-            if (st[0] == 1 && st[1] == 1) return bf16_map1(o, in, n, OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh);
+            if (st[0] == 1 && st[1] == 1)
+              return bf16_map1(o, in, n, OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh);
           }
           if (st[0] == 1 && st[1] == 1) {
             for (int64_t i = 0; i < n; ++i) o[i] = convert<T>(apply_unary<A>(OP, A(in[i]), s));
@@ -305,7 +310,8 @@ void unary_backward(UnaryOp op, const Tensor& dx, const Tensor& dy, const Tensor
         }
         if constexpr (std::is_same_v<T, BFloat16> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
           if (st[0] == 1 && st[1] == 1 && st[2] == 1)
-            return bf16_map2(o, g, in, n, false, OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad);
+            return bf16_map2(o, g, in, n, false,
+                             OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad);
         }
         if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = T(A(g[i]) * unary_grad<A>(OP, A(in[i])));

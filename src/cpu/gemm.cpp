@@ -22,10 +22,10 @@ namespace {
 
 // oneDNN's C API (dnnl.h): row-major, status 0 on success. dnnl_gemm_bf16bf16f32 is
 // exported by libdnnl with the same convention (bf16 as 16-bit words).
-using SgemmFn = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
-                        float, float*, int64_t);
-using Bf16GemmFn = int (*)(char, char, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t, const uint16_t*,
-                           int64_t, float, float*, int64_t);
+using SgemmFn = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                        int64_t, float, float*, int64_t);
+using Bf16GemmFn = int (*)(char, char, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t,
+                           const uint16_t*, int64_t, float, float*, int64_t);
 
 struct OneDnn {
   SgemmFn sgemm = nullptr;
@@ -79,11 +79,12 @@ int backend() {
   if (want && std::strcmp(want, "openblas") == 0) {
     b = 1;
   } else if (want && std::strcmp(want, "onednn") == 0) {
-    BB_CHECK(onednn().sgemm != nullptr, ValueError, "BARBELL_CPU_GEMM=onednn: oneDNN could not be loaded ({})",
-             onednn().error);
+    BB_CHECK(onednn().sgemm != nullptr, ValueError,
+             "BARBELL_CPU_GEMM=onednn: oneDNN could not be loaded ({})", onednn().error);
     b = 2;
   } else {
-    BB_CHECK(want == nullptr || *want == '\0', ValueError, "BARBELL_CPU_GEMM={}: expected openblas or onednn", want);
+    BB_CHECK(want == nullptr || *want == '\0', ValueError, "BARBELL_CPU_GEMM={}: expected openblas or onednn",
+             want);
     b = onednn().sgemm ? 2 : 1;
   }
   g_backend.store(b, std::memory_order_release);
@@ -115,28 +116,30 @@ void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, in
     const OneDnn& d = onednn();
     OneThread one(d);
     int st = d.sgemm(tr(ta), tr(tb), M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
-    BB_CHECK(st == 0, Error, "matmul: oneDNN's dnnl_sgemm failed (status {}) for [{}, {}] x [{}, {}]", st, M, K, K, N);
+    BB_CHECK(st == 0, Error, "matmul: oneDNN's dnnl_sgemm failed (status {}) for [{}, {}] x [{}, {}]", st, M,
+             K, K, N);
     return;
   }
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A, lda, B,
-              ldb, 0.0f, C, ldc);
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A,
+              lda, B, ldb, 0.0f, C, ldc);
 }
 
 void dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda, const double* B,
            int64_t ldb, double* C, int64_t ldc) {
-  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0, A, lda, B,
-              ldb, 0.0, C, ldc);
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0, A,
+              lda, B, ldb, 0.0, C, ldc);
 }
 
 bool bf16_gemm_available() { return backend() == 2 && onednn().bf16 != nullptr; }
 
-void bf16_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
-               int64_t ldb, float* C, int64_t ldc) {
+void bf16_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+               const uint16_t* B, int64_t ldb, float* C, int64_t ldc) {
   const OneDnn& d = onednn();
   BB_CHECK(d.bf16 != nullptr, Error, "matmul: internal error: no bf16 GEMM ({})", d.error);
   OneThread one(d);
   int st = d.bf16(tr(ta), tr(tb), M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
-  BB_CHECK(st == 0, Error, "matmul: oneDNN's bf16 gemm failed (status {}) for [{}, {}] x [{}, {}]", st, M, K, K, N);
+  BB_CHECK(st == 0, Error, "matmul: oneDNN's bf16 gemm failed (status {}) for [{}, {}] x [{}, {}]", st, M, K,
+           K, N);
 }
 
 const char* gemm_backend() { return backend() == 2 ? "onednn" : "openblas"; }
@@ -146,8 +149,8 @@ void set_gemm_backend(const char* name) {
   if (std::strcmp(name, "openblas") == 0) {
     g_backend.store(1);
   } else {
-    BB_CHECK(std::strcmp(name, "onednn") == 0, ValueError, "set_gemm_backend: expected openblas or onednn, got {}",
-             name);
+    BB_CHECK(std::strcmp(name, "onednn") == 0, ValueError,
+             "set_gemm_backend: expected openblas or onednn, got {}", name);
     BB_CHECK(onednn().sgemm != nullptr, ValueError, "set_gemm_backend: oneDNN could not be loaded ({})",
              onednn().error);
     g_backend.store(2);

@@ -14,8 +14,8 @@ void dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, i
            int64_t ldb, double* C, int64_t ldc);
 // bf16 operands (raw bits), f32 products; only when bf16_gemm_available().
 bool bf16_gemm_available();
-void bf16_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda, const uint16_t* B,
-               int64_t ldb, float* C, int64_t ldc);
+void bf16_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+               const uint16_t* B, int64_t ldb, float* C, int64_t ldc);
 
 // "onednn" or "openblas": the f32 GEMM in use. BARBELL_CPU_GEMM=openblas forces OpenBLAS,
 // =onednn requires oneDNN (BARBELL_ONEDNN_LIBRARY names its file, else libdnnl.so.3/.2).

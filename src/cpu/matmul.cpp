@@ -3,11 +3,11 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/gemm.hpp"
 #include "cpu/parallel.hpp"
-#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -119,16 +119,19 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b) {
         T* out = pc + oc + m0 * N + n0;
         if (p > 0 && sp.dim == Split::K) out = partial.data() + ((p - 1) * batch + bi) * M * N;
         if constexpr (std::is_same_v<T, float>) {
-          if (bf16) bf16_gemm(da.trans, db.trans, m, n, k, ha + oa, da.ld, hb + ob, db.ld, out, N);
-          else sgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
+          if (bf16)
+            bf16_gemm(da.trans, db.trans, m, n, k, ha + oa, da.ld, hb + ob, db.ld, out, N);
+          else
+            sgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
         } else
           dgemm(da.trans, db.trans, m, n, k, pa + oa, da.ld, pb + ob, db.ld, out, N);
       };
       // Several small products (batched attention scores): one thread each, when it pays.
       const int64_t part_macs = std::max<int64_t>(1, M * N * K / sp.parts);
-      parallel_for(batch * sp.parts, std::max<int64_t>(1, kGrainMacs / part_macs), [&](int64_t t0, int64_t t1) {
-        for (int64_t t = t0; t < t1; ++t) part(t);
-      });
+      parallel_for(batch * sp.parts, std::max<int64_t>(1, kGrainMacs / part_macs),
+                   [&](int64_t t0, int64_t t1) {
+                     for (int64_t t = t0; t < t1; ++t) part(t);
+                   });
       if (sp.dim == Split::K) {
         // C += partial products, in part order.
         parallel_for(batch * M, grain_for(N * (sp.parts - 1)), [&](int64_t r0, int64_t r1) {

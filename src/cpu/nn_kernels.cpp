@@ -5,10 +5,10 @@
 #include <vector>
 #include <limits>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
-#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -23,7 +23,8 @@ void embedding(const Tensor& out, const Tensor& ids, const Tensor& weight) {
       const T* pw = static_cast<const T*>(weight.data_ptr());
       T* po = static_cast<T*>(out.data_ptr());
       parallel_for(n, grain_for(C), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) std::copy(pw + int64_t(pi[r]) * C, pw + int64_t(pi[r]) * C + C, po + r * C);
+        for (int64_t r = r0; r < r1; ++r)
+          std::copy(pw + int64_t(pi[r]) * C, pw + int64_t(pi[r]) * C + C, po + r * C);
       });
     });
   });
@@ -81,21 +82,21 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
       using A = acc_t<T>;
       const T* pl = static_cast<const T*>(logits.data_ptr());
       parallel_for(rows, grain_for(2 * V), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t t = int64_t(pt[r]);
-        if (t == ignore_index) continue;
-        const T* row = pl + r * V;
-        if constexpr (std::is_same_v<T, float>) {
-          row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(row, V)) - double(row[t]);
-        } else if constexpr (std::is_same_v<T, BFloat16>) {
-          std::vector<float> rf = bf16_to_vector(row, V);
-          row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(rf.data(), V)) - double(rf[size_t(t)]);
-        } else {
-          auto [m, s] = row_max_sumexp<A>(row, V);
-          row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t t = int64_t(pt[r]);
+          if (t == ignore_index) continue;
+          const T* row = pl + r * V;
+          if constexpr (std::is_same_v<T, float>) {
+            row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(row, V)) - double(row[t]);
+          } else if constexpr (std::is_same_v<T, BFloat16>) {
+            std::vector<float> rf = bf16_to_vector(row, V);
+            row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(rf.data(), V)) - double(rf[size_t(t)]);
+          } else {
+            auto [m, s] = row_max_sumexp<A>(row, V);
+            row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
+          }
+          counted[static_cast<size_t>(r)] = 1;
         }
-        counted[static_cast<size_t>(r)] = 1;
-      }
       });
     });
   });
@@ -125,31 +126,31 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
       T* pd = static_cast<T*>(dlogits.data_ptr());
       const A sc = A(scale);
       parallel_for(rows, grain_for(3 * V), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        int64_t t = int64_t(pt[r]);
-        T* d = pd + r * V;
-        if (t == ignore_index) {
-          std::fill(d, d + V, T(A(0)));
-          continue;
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t t = int64_t(pt[r]);
+          T* d = pd + r * V;
+          if (t == ignore_index) {
+            std::fill(d, d + V, T(A(0)));
+            continue;
+          }
+          const T* row = pl + r * V;
+          if constexpr (std::is_same_v<T, float>) {
+            vec().softmax_scaled(d, row, V, vec().logsumexp(row, V), sc);
+            d[t] -= sc;
+            continue;
+          }
+          if constexpr (std::is_same_v<T, BFloat16>) {
+            std::vector<float> rf = bf16_to_vector(row, V), df(static_cast<size_t>(V));
+            vec().softmax_scaled(df.data(), rf.data(), V, vec().logsumexp(rf.data(), V), sc);
+            df[size_t(t)] -= sc;
+            vec().f32_to_bf16(bits(d), df.data(), V);
+            continue;
+          }
+          auto [m, s] = row_max_sumexp<A>(row, V);
+          A inv = A(1) / s;
+          for (int64_t i = 0; i < V; ++i) d[i] = T(std::exp(A(row[i]) - m) * inv * sc);
+          d[t] = T(A(d[t]) - sc);
         }
-        const T* row = pl + r * V;
-        if constexpr (std::is_same_v<T, float>) {
-          vec().softmax_scaled(d, row, V, vec().logsumexp(row, V), sc);
-          d[t] -= sc;
-          continue;
-        }
-        if constexpr (std::is_same_v<T, BFloat16>) {
-          std::vector<float> rf = bf16_to_vector(row, V), df(static_cast<size_t>(V));
-          vec().softmax_scaled(df.data(), rf.data(), V, vec().logsumexp(rf.data(), V), sc);
-          df[size_t(t)] -= sc;
-          vec().f32_to_bf16(bits(d), df.data(), V);
-          continue;
-        }
-        auto [m, s] = row_max_sumexp<A>(row, V);
-        A inv = A(1) / s;
-        for (int64_t i = 0; i < V; ++i) d[i] = T(std::exp(A(row[i]) - m) * inv * sc);
-        d[t] = T(A(d[t]) - sc);
-      }
       });
     });
   });
@@ -192,15 +193,15 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
       return;
     }
     parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      S g = S(acc_t<T>(pg[i]));
-      S mi = b1 * pm[i] + omb1 * g;
-      S vi = b2 * pv[i] + omb2 * g * g;
-      pm[i] = mi;
-      pv[i] = vi;
-      S x = S(acc_t<T>(pp[i])) * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-      pp[i] = T(acc_t<T>(x));
-    }
+      for (int64_t i = i0; i < i1; ++i) {
+        S g = S(acc_t<T>(pg[i]));
+        S mi = b1 * pm[i] + omb1 * g;
+        S vi = b2 * pv[i] + omb2 * g * g;
+        pm[i] = mi;
+        pv[i] = vi;
+        S x = S(acc_t<T>(pp[i])) * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        pp[i] = T(acc_t<T>(x));
+      }
     });
   });
 }
@@ -216,7 +217,8 @@ double sum_of_squares(const Tensor& x) {
     parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         if constexpr (std::is_same_v<T, float>) {
-          part[static_cast<size_t>(b)] = vec().sum_squares(p + b * n / nblk, (b + 1) * n / nblk - b * n / nblk);
+          part[static_cast<size_t>(b)] =
+              vec().sum_squares(p + b * n / nblk, (b + 1) * n / nblk - b * n / nblk);
           continue;
         }
         double acc = 0;

@@ -4,10 +4,10 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/parallel.hpp"
-#include "cpu/bf16.hpp"
 #include "cpu/vec.hpp"
 
 namespace barbell::cpu {
@@ -46,7 +46,8 @@ void sum_dim(const Tensor& out, const Tensor& x, int64_t A, int64_t R, int64_t I
                 vec().col_sum(acc, rowf, 1, w);
               }
             }
-            for (int64_t i = 0; i < w; ++i) po[a * I + c0 + i] = static_cast<O>(static_cast<acc_t<O>>(acc[i] * scale));
+            for (int64_t i = 0; i < w; ++i)
+              po[a * I + c0 + i] = static_cast<O>(static_cast<acc_t<O>>(acc[i] * scale));
           }
         });
       } else {
@@ -56,7 +57,8 @@ void sum_dim(const Tensor& out, const Tensor& x, int64_t A, int64_t R, int64_t I
             std::fill(acc.begin(), acc.end(), 0.0);
             for (int64_t r = 0; r < R; ++r) {
               const T* row = px + (a * R + r) * I;
-              for (int64_t i = 0; i < I; ++i) acc[static_cast<size_t>(i)] += static_cast<double>(static_cast<acc_t<T>>(row[i]));
+              for (int64_t i = 0; i < I; ++i)
+                acc[static_cast<size_t>(i)] += static_cast<double>(static_cast<acc_t<T>>(row[i]));
             }
             for (int64_t i = 0; i < I; ++i)
               po[a * I + i] = static_cast<O>(static_cast<acc_t<O>>(acc[static_cast<size_t>(i)] * scale));
@@ -77,19 +79,22 @@ void max_dim(const Tensor& values, const Tensor& indices, const Tensor& x, int64
     T* pv = values.defined() ? static_cast<T*>(values.data_ptr()) : nullptr;
     int64_t* pi = indices.defined() ? static_cast<int64_t*>(indices.data_ptr()) : nullptr;
     parallel_for(A, grain_for(R * I), [&](int64_t a0, int64_t a1) {
-    for (int64_t a = a0; a < a1; ++a) {
-      for (int64_t i = 0; i < I; ++i) {
-        Acc best = Acc(px[a * R * I + i]);
-        int64_t bi = 0;
-        for (int64_t r = 1; r < R; ++r) {
-          Acc v = Acc(px[(a * R + r) * I + i]);
-          // NaN wins, as in numpy: a max over data with a NaN is NaN.
-          if (v > best || (v != v && best == best)) { best = v; bi = r; }
+      for (int64_t a = a0; a < a1; ++a) {
+        for (int64_t i = 0; i < I; ++i) {
+          Acc best = Acc(px[a * R * I + i]);
+          int64_t bi = 0;
+          for (int64_t r = 1; r < R; ++r) {
+            Acc v = Acc(px[(a * R + r) * I + i]);
+            // NaN wins, as in numpy: a max over data with a NaN is NaN.
+            if (v > best || (v != v && best == best)) {
+              best = v;
+              bi = r;
+            }
+          }
+          if (pv) pv[a * I + i] = px[(a * R + bi) * I + i];
+          if (pi) pi[a * I + i] = bi;
         }
-        if (pv) pv[a * I + i] = px[(a * R + bi) * I + i];
-        if (pi) pi[a * I + i] = bi;
       }
-    }
     });
   });
 }
@@ -113,9 +118,8 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
     const T* px = static_cast<const T*>(x.data_ptr());
     T* py = static_cast<T*>(y.data_ptr());
     if constexpr (std::is_same_v<T, float>) {
-      parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
-        vec().softmax(py + r0 * n, px + r0 * n, r1 - r0, n, log);
-      });
+      parallel_for(rows, grain_for(2 * n),
+                   [&](int64_t r0, int64_t r1) { vec().softmax(py + r0 * n, px + r0 * n, r1 - r0, n, log); });
       return;
     }
     if constexpr (std::is_same_v<T, BFloat16>) {
@@ -127,22 +131,22 @@ void softmax_rows(const Tensor& y, const Tensor& x, int64_t rows, int64_t n, boo
       return;
     }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* in = px + r * n;
-      T* out = py + r * n;
-      Acc m = -std::numeric_limits<Acc>::infinity();
-      for (int64_t i = 0; i < n; ++i) m = std::max(m, Acc(in[i]));
-      if (m == -std::numeric_limits<Acc>::infinity()) m = 0;  // a fully masked row stays finite in exp
-      Acc s = 0;
-      for (int64_t i = 0; i < n; ++i) s += std::exp(Acc(in[i]) - m);
-      if (log) {
-        Acc lse = m + std::log(s);
-        for (int64_t i = 0; i < n; ++i) out[i] = T(Acc(in[i]) - lse);
-      } else {
-        Acc inv = Acc(1) / s;
-        for (int64_t i = 0; i < n; ++i) out[i] = T(std::exp(Acc(in[i]) - m) * inv);
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* in = px + r * n;
+        T* out = py + r * n;
+        Acc m = -std::numeric_limits<Acc>::infinity();
+        for (int64_t i = 0; i < n; ++i) m = std::max(m, Acc(in[i]));
+        if (m == -std::numeric_limits<Acc>::infinity()) m = 0;  // a fully masked row stays finite in exp
+        Acc s = 0;
+        for (int64_t i = 0; i < n; ++i) s += std::exp(Acc(in[i]) - m);
+        if (log) {
+          Acc lse = m + std::log(s);
+          for (int64_t i = 0; i < n; ++i) out[i] = T(Acc(in[i]) - lse);
+        } else {
+          Acc inv = Acc(1) / s;
+          for (int64_t i = 0; i < n; ++i) out[i] = T(std::exp(Acc(in[i]) - m) * inv);
+        }
       }
-    }
     });
   });
 }
@@ -170,19 +174,19 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
       return;
     }
     parallel_for(rows, grain_for(2 * n), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* g = pdy + r * n;
-      const T* o = py + r * n;
-      T* d = pdx + r * n;
-      Acc s = 0;
-      if (log) {
-        for (int64_t i = 0; i < n; ++i) s += Acc(g[i]);
-        for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(g[i]) - std::exp(Acc(o[i])) * s);
-      } else {
-        for (int64_t i = 0; i < n; ++i) s += Acc(g[i]) * Acc(o[i]);
-        for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(o[i]) * (Acc(g[i]) - s));
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* g = pdy + r * n;
+        const T* o = py + r * n;
+        T* d = pdx + r * n;
+        Acc s = 0;
+        if (log) {
+          for (int64_t i = 0; i < n; ++i) s += Acc(g[i]);
+          for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(g[i]) - std::exp(Acc(o[i])) * s);
+        } else {
+          for (int64_t i = 0; i < n; ++i) s += Acc(g[i]) * Acc(o[i]);
+          for (int64_t i = 0; i < n; ++i) d[i] = T(Acc(o[i]) * (Acc(g[i]) - s));
+        }
       }
-    }
     });
   });
 }

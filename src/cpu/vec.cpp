@@ -29,7 +29,8 @@ const VecKernels& pick() {
   if (const char* want = std::getenv("BARBELL_CPU_ISA"); want != nullptr && *want != '\0') {
     const VecKernels* k = vec_for(want);
     BB_CHECK(k != nullptr, ValueError,
-             "BARBELL_CPU_ISA={}: not a level this CPU runs (sse2, avx2, avx512, as far as the CPU has them)", want);
+             "BARBELL_CPU_ISA={}: not a level this CPU runs (sse2, avx2, avx512, as far as the CPU has them)",
+             want);
     return *k;
   }
   for (const char* isa : {"avx512", "avx2"})

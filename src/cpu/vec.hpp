@@ -61,18 +61,18 @@ struct VecKernels {
   void (*layer_norm)(float* y, float* mean, float* rstd, const float* x, const float* w, const float* b,
                      int64_t rows, int64_t n, float eps);
   // dx for the rows (dx may be null); dw, db (length n, double) accumulate the rows in order.
-  void (*layer_norm_grad)(float* dx, double* dw, double* db, const float* dy, const float* x, const float* mean,
-                          const float* rstd, const float* w, int64_t rows, int64_t n);
+  void (*layer_norm_grad)(float* dx, double* dw, double* db, const float* dy, const float* x,
+                          const float* mean, const float* rstd, const float* w, int64_t rows, int64_t n);
   void (*rms_norm)(float* y, float* rstd, const float* x, const float* w, int64_t rows, int64_t n, float eps);
-  void (*rms_norm_grad)(float* dx, double* dw, const float* dy, const float* x, const float* rstd, const float* w,
-                        int64_t rows, int64_t n);
+  void (*rms_norm_grad)(float* dx, double* dw, const float* dy, const float* x, const float* rstd,
+                        const float* w, int64_t rows, int64_t n);
   // acc[c] += sum of x[r][c] over the rows, in row order (double).
   void (*col_sum)(double* acc, const float* x, int64_t rows, int64_t cols);
   void (*add_bias)(float* y, const float* bias, int64_t rows, int64_t cols);
   double (*sum_squares)(const float* x, int64_t n);
   // One AdamW step on n elements (see cpu::adamw_step for the constants).
-  void (*adamw)(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float omb1, float omb2,
-                float eps, float decay, float step_size, float inv_sqrt_bc2);
+  void (*adamw)(float* p, const float* g, float* m, float* v, int64_t n, float b1, float b2, float omb1,
+                float omb2, float eps, float decay, float step_size, float inv_sqrt_bc2);
   // Fused attention of one head, serial; scratch has attention_scratch() elements.
   void (*attention_forward_f32)(const AttnHead<float>& h, float* scratch);
   void (*attention_backward_f32)(const AttnHead<float>& h, float* scratch);

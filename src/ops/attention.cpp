@@ -27,7 +27,6 @@ std::atomic<bool> g_deterministic{false};
 detail::CpuFlashHooks g_cpu_flash;  // tests only (attention_hooks.hpp)
 std::atomic<bool> g_cpu_math_composite{false};  // tests only (attention_hooks.hpp)
 
-
 // The causal mask, built once per (Tq, Tk, device, stream) and thread: every layer of
 // every step reuses it instead of filling Tq x Tk values on the host and copying them
 // to the GPU again. Keyed by stream too, so a mask is only read on the stream whose
@@ -164,7 +163,8 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
 
 // Math on the CPU: the fused kernel, in f32 for 16-bit inputs (as the composition of
 // ops computes them), reading q, k, v through their strides.
-AttentionOutput cpu_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal, double s) {
+AttentionOutput cpu_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
+                              double s) {
   const int64_t B = q_in.size(0), H = q_in.size(1), Tq = q_in.size(2), Tk = k_in.size(2), D = q_in.size(3);
   const DType dt = q_in.dtype(), cdt = dt == DType::F64 ? DType::F64 : DType::F32;
   auto prep = [&](const Tensor& t) {
@@ -178,17 +178,18 @@ AttentionOutput cpu_attention(const Tensor& q_in, const Tensor& k_in, const Tens
   cpu::attention_forward(o, lse, q, k, v, causal, s);
   AttentionOutput r{dt == cdt ? o : o.to(dt), lse};
   Tensor od = o.detach();
-  autograd::record("scaled_dot_product_attention (cpu)", r.out, {q_in, k_in, v_in},
-                   [q, k, v, od, lse, causal, s, dt, cdt, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
-                     Tensor go = g.dtype() == cdt ? g : g.to(cdt);
-                     if (go.strides()[3] != 1) go = go.contiguous();
-                     Tensor dq = bthd(B, H, Tq, D, q.options());
-                     Tensor dk = bthd(B, H, Tk, D, q.options());
-                     Tensor dv = bthd(B, H, Tk, D, q.options());
-                     cpu::attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s);
-                     if (dt == cdt) return {dq, dk, dv};
-                     return {dq.to(dt), dk.to(dt), dv.to(dt)};
-                   });
+  autograd::record(
+      "scaled_dot_product_attention (cpu)", r.out, {q_in, k_in, v_in},
+      [q, k, v, od, lse, causal, s, dt, cdt, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
+        Tensor go = g.dtype() == cdt ? g : g.to(cdt);
+        if (go.strides()[3] != 1) go = go.contiguous();
+        Tensor dq = bthd(B, H, Tq, D, q.options());
+        Tensor dk = bthd(B, H, Tk, D, q.options());
+        Tensor dv = bthd(B, H, Tk, D, q.options());
+        cpu::attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s);
+        if (dt == cdt) return {dq, dk, dv};
+        return {dq.to(dt), dk.to(dt), dv.to(dt)};
+      });
   return r;
 }
 
@@ -205,8 +206,8 @@ AttentionOutput attention_impl(const Tensor& q, const Tensor& k, const Tensor& v
     b = AttentionBackend::Math;
   }
   if (b == AttentionBackend::Math) {
-    const bool fused = q.is_cpu() && !g_cpu_math_composite.load() && std::isfinite(s) && q.numel() > 0 &&
-                       k.numel() > 0;
+    const bool fused =
+        q.is_cpu() && !g_cpu_math_composite.load() && std::isfinite(s) && q.numel() > 0 && k.numel() > 0;
     return fused ? cpu_attention(q, k, v, causal, s) : math_attention(q, k, v, causal, s, want_lse);
   }
   return fused_attention(b, q, k, v, causal, s);
