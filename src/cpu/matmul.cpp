@@ -13,15 +13,16 @@
 namespace barbell::cpu {
 
 namespace {
-// How a product is split between threads: into up to kMaxParts parts along one
-// dimension, M (rows of C) if it is long enough, else N, else K (each part then writes
-// its own partial C, summed in part order afterwards). A part has at least kMinSide
-// rows / columns / depth: OpenBLAS repacks the shared operand for every part, which
-// costs about 16 / side of the part's multiply-adds on AVX-512. Products under
+// How a product is split between threads: into 2, 4 or 8 parts (a power of two, so 2,
+// 4 or 8 threads get even shares) along one dimension, M (rows of C) if it is long
+// enough, else N, else K (each part then writes its own partial C, summed in part order
+// afterwards). A part has at least kMinSide rows / columns / depth: the GEMM repacks the
+// shared operand for every part, which costs about 16 / side of the part's multiply-adds
+// on AVX-512 (at 1 thread, parts of 256 rows made the medium GPT's step 5% slower). Products under
 // kMinMacs stay whole. The split depends on the shape only, never on the thread count,
 // so neither do the results.
 constexpr int64_t kMaxParts = 8;
-constexpr int64_t kMinSide = 256;
+constexpr int64_t kMinSide = 384;
 constexpr int64_t kMinMacs = int64_t(1) << 21;
 // Less work than this per thread is not worth another thread.
 constexpr int64_t kGrainMacs = int64_t(1) << 16;
@@ -37,7 +38,8 @@ Split choose_split(int64_t M, int64_t N, int64_t K) {
   if (M * N * K < 2 * kMinMacs) return s;
   const int64_t by_work = std::min<int64_t>(kMaxParts, M * N * K / kMinMacs);
   for (auto [dim, len] : {std::pair{Split::M, M}, {Split::N, N}, {Split::K, K}}) {
-    const int64_t parts = std::min(by_work, len / kMinSide);
+    int64_t parts = std::min(by_work, len / kMinSide);
+    while (parts & (parts - 1)) parts &= parts - 1;  // a power of two: even shares for 2, 4, 8 threads
     if (parts >= 2) {
       s.dim = dim;
       s.part = round_up((len + parts - 1) / parts, 16);
