@@ -28,12 +28,13 @@ struct AttnHead {
 
 // Scratch elements one head needs (forward or backward), for the caller to provide:
 // tiles of 64 queries x 64 keys, the head dim padded to 16, 32, 64, 128 or a multiple of
-// 16, the head's k (transposed) and v, and the backward's dQ of the whole head.
+// 16, the head's k (transposed) and v, and the backward's q, dO and dQ of the whole head.
 constexpr int64_t attention_padded_dim(int64_t D) {
   return D <= 16 ? 16 : D <= 32 ? 32 : D <= 64 ? 64 : D <= 128 ? 128 : (D + 15) / 16 * 16;
 }
 constexpr int64_t attention_scratch(int64_t Tq, int64_t Tk, int64_t D) {
-  return (7 * 64 + Tq + 2 * ((Tk + 63) / 64 * 64)) * attention_padded_dim(D) + 4 * 64 * 64 + 4 * 64;
+  const int64_t tq = (Tq + 63) / 64 * 64, tk = (Tk + 63) / 64 * 64;
+  return (7 * 64 + 3 * tq + 2 * tk) * attention_padded_dim(D) + 4 * 64 * 64 + tq + 4 * 64;
 }
 
 // Codes of the binary ops the table implements (cpu::BinaryOp's order).

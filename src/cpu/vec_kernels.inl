@@ -397,13 +397,17 @@ void load_rows(T* BB_R dst, const T* x, int64_t rs, int64_t i0, int64_t n, int64
   }
 }
 // xt[d][c] (Dp x Bc) = row c of the n rows from j0, zero-padded in both directions.
+// Written a row of xt at a time (contiguous stores, strided loads): writing it a column
+// at a time, 64 stores 256 bytes apart, cost 30% of the backward.
 template <typename T>
 void load_transposed(T* BB_R xt, const T* x, int64_t rs, int64_t j0, int64_t n, int64_t D, int64_t Dp) {
-  for (int64_t i = 0; i < Dp * Bc; ++i) xt[i] = 0;
-  for (int64_t c = 0; c < n; ++c) {
-    const T* row = x + (j0 + c) * rs;
-    for (int64_t d = 0; d < D; ++d) xt[d * Bc + c] = row[d];
+  const T* base = x + j0 * rs;
+  for (int64_t d = 0; d < D; ++d) {
+    T* o = xt + d * Bc;
+    for (int64_t c = 0; c < n; ++c) o[c] = base[c * rs + d];
+    for (int64_t c = n; c < Bc; ++c) o[c] = 0;
   }
+  for (int64_t i = D * Bc; i < Dp * Bc; ++i) xt[i] = 0;
 }
 
 // 64-byte vectors (GCC's vector extension): one AVX-512 register, two AVX2 or four SSE2
@@ -426,40 +430,47 @@ __attribute__((always_inline)) inline void vstore(T* p, vec_t<T> v) {
   __builtin_memcpy(p, &v, sizeof v);
 }
 
+// How many 64-byte accumulators the tile loops keep in registers: 32 zmm registers with
+// AVX-512, 16 ymm (8 vectors) with AVX2, 16 xmm (4 vectors) with SSE2, leaving room for
+// the operands.
+#if defined(__AVX512F__)
+constexpr int64_t kAccVecs = 16;
+#elif defined(__AVX2__)
+constexpr int64_t kAccVecs = 5;
+#else
+constexpr int64_t kAccVecs = 3;
+#endif
+// Rows (or columns) a tile loop handles at once with NV accumulators each.
+constexpr int64_t rows_at_once(int64_t NV) {
+  const int64_t r = kAccVecs / NV;
+  return r < 1 ? 1 : (r > 8 ? 8 : r);
+}
+
 // C[r][0:Bc] = sum_d A[r][d] * Bt[d][0:Bc] for r < rows (A [rows, Dp], Bt [Dp, Bc]).
+template <typename T, int DC, int64_t R>
+void mm_abt_rows(T* BB_R C, const T* BB_R A, const T* BB_R Bt, int64_t r, int64_t Dp) {
+  using V = vec_t<T>;
+  constexpr int64_t W = VecOf<T>::W, NV = Bc / W;
+  V s[R][NV] = {};
+  for (int64_t d = 0; d < Dp; ++d) {
+    const T* bd = Bt + d * Bc;
+    V b[NV];
+    for (int64_t j = 0; j < NV; ++j) b[j] = vload(bd + j * W);
+    for (int64_t i = 0; i < R; ++i) {
+      const T x = A[(r + i) * Dp + d];
+      for (int64_t j = 0; j < NV; ++j) s[i][j] += x * b[j];
+    }
+  }
+  for (int64_t i = 0; i < R; ++i)
+    for (int64_t j = 0; j < NV; ++j) vstore(C + (r + i) * Bc + j * W, s[i][j]);
+}
 template <typename T, int DC>
 void mm_abt(T* BB_R C, const T* BB_R A, const T* BB_R Bt, int64_t rows, int64_t Dp_) {
   const int64_t Dp = DC ? DC : Dp_;
-  using V = vec_t<T>;
-  constexpr int64_t W = VecOf<T>::W, NV = Bc / W;
+  constexpr int64_t R = rows_at_once(Bc / VecOf<T>::W);
   int64_t r = 0;
-  for (; r + 2 <= rows; r += 2) {  // two rows share each load of Bt
-    V s0[NV] = {}, s1[NV] = {};
-    const T* a0 = A + r * Dp;
-    const T* a1 = a0 + Dp;
-    for (int64_t d = 0; d < Dp; ++d) {
-      const T x0 = a0[d], x1 = a1[d];
-      const T* bd = Bt + d * Bc;
-      for (int64_t j = 0; j < NV; ++j) {
-        const V b = vload(bd + j * W);
-        s0[j] += x0 * b;
-        s1[j] += x1 * b;
-      }
-    }
-    for (int64_t j = 0; j < NV; ++j) {
-      vstore(C + r * Bc + j * W, s0[j]);
-      vstore(C + (r + 1) * Bc + j * W, s1[j]);
-    }
-  }
-  for (; r < rows; ++r) {
-    V s0[NV] = {};
-    const T* a0 = A + r * Dp;
-    for (int64_t d = 0; d < Dp; ++d) {
-      const T x0 = a0[d];
-      for (int64_t j = 0; j < NV; ++j) s0[j] += x0 * vload(Bt + d * Bc + j * W);
-    }
-    for (int64_t j = 0; j < NV; ++j) vstore(C + r * Bc + j * W, s0[j]);
-  }
+  for (; r + R <= rows; r += R) mm_abt_rows<T, DC, R>(C, A, Bt, r, Dp);
+  for (; r < rows; ++r) mm_abt_rows<T, DC, 1>(C, A, Bt, r, Dp);
 }
 
 // Acc[r][0:Dp] = Acc[r] * (alpha ? alpha[r] : 1) + sum_{c < cols} P[r][c] * X[c][0:Dp]
@@ -483,7 +494,7 @@ void mm_pv(T* BB_R Acc, const T* BB_R P, const T* BB_R X, const T* alpha, int64_
     using V = vec_t<T>;
     constexpr int64_t W = VecOf<T>::W, NV = DC / W;
     static_assert(DC % W == 0, "head dims are padded to multiples of 16");
-    constexpr int64_t R = NV <= 2 ? 4 : (NV <= 4 ? 2 : 1);  // rows at once: accumulators fill the registers
+    constexpr int64_t R = rows_at_once(NV);
     int64_t r = 0;
     for (; r + R <= rows; r += R) {
       V a[R][NV];
@@ -532,7 +543,7 @@ void mm_ptx(T* BB_R Acc, const T* BB_R P, const T* BB_R X, int64_t rows, int64_t
   } else {
     using V = vec_t<T>;
     constexpr int64_t W = VecOf<T>::W, NV = DC / W;
-    constexpr int64_t R = NV <= 2 ? 4 : (NV <= 4 ? 2 : 1);  // columns at once
+    constexpr int64_t R = rows_at_once(NV);  // columns at once
     int64_t c = 0;
     for (; c + R <= cols; c += R) {
       V a[R][NV];
@@ -663,18 +674,31 @@ void attention_forward_impl(const AttnHead<T>& h, T* scratch) {
 template <typename T, int DC>
 void attention_backward_impl(const AttnHead<T>& h, T* scratch) {
   const int64_t D = h.D, Dp = DC ? DC : padded_dim(D), Tq = h.Tq, Tk = h.Tk;
-  T* qb = scratch;           // [Br, Dp]
-  T* dob = qb + Br * Dp;     // [Br, Dp]
-  T* kb = dob + Br * Dp;     // [Bc, Dp]
+  const int64_t Tq_pad = (Tq + Br - 1) / Br * Br;
+  T* q_all = scratch;                 // [Tq, Dp]: q and dO of the head, copied once
+  T* do_all = q_all + Tq_pad * Dp;    // [Tq, Dp]
+  T* kb = do_all + Tq_pad * Dp;       // [Bc, Dp]
   T* kt = kb + Bc * Dp;      // [Dp, Bc]
   T* vt = kt + Dp * Bc;      // [Dp, Bc]
   T* dk = vt + Dp * Bc;      // [Bc, Dp]
   T* dv = dk + Bc * Dp;      // [Bc, Dp]
   T* P = dv + Bc * Dp;       // [Br, Bc]
   T* dS = P + Br * Bc;       // [Br, Bc]
-  T* Di = dS + Br * Bc;      // [Br]
-  T* dq = Di + Br;           // [Tq, Dp]: dQ of the whole head, written at the end
+  T* Di_all = dS + Br * Bc;  // [Tq]: rowsum(dO o)
+  T* dq = Di_all + Tq_pad;   // [Tq, Dp]: dQ of the whole head, written at the end
   for (int64_t i = 0; i < Tq * Dp; ++i) dq[i] = 0;
+  load_rows(q_all, h.q, h.q_rs, 0, Tq, D, Dp);
+  load_rows(do_all, h.dout, h.dout_rs, 0, Tq, D, Dp);
+  for (int64_t i = 0; i < Tq; ++i) {
+    const T* orow = h.o + i * h.o_rs;
+    const T* g = do_all + i * Dp;
+    T acc[L] = {};  // L lanes, summed in a fixed order
+    int64_t d = 0;
+    for (; d + L <= D; d += L)
+      for (int j = 0; j < L; ++j) acc[j] += g[d + j] * orow[d + j];
+    for (int j = 0; d + j < D; ++j) acc[j] += g[d + j] * orow[d + j];
+    Di_all[i] = lanes_sum(acc);
+  }
   for (int64_t j0 = 0; j0 < Tk; j0 += Bc) {
     const int64_t cols = mn_(Bc, Tk - j0);
     load_transposed(kt, h.k, h.k_rs, j0, cols, D, Dp);
@@ -686,15 +710,9 @@ void attention_backward_impl(const AttnHead<T>& h, T* scratch) {
     if (h.causal) ifirst = j0 - (Tk - Tq) < 0 ? 0 : j0 - (Tk - Tq);
     for (int64_t i0 = (ifirst / Br) * Br; i0 < Tq; i0 += Br) {
       const int64_t rows = mn_(Br, Tq - i0);
-      load_rows(qb, h.q, h.q_rs, i0, rows, D, Dp);
-      load_rows(dob, h.dout, h.dout_rs, i0, rows, D, Dp);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* orow = h.o + (i0 + r) * h.o_rs;
-        const T* g = dob + r * Dp;
-        T s = 0;
-        for (int64_t d = 0; d < D; ++d) s += g[d] * orow[d];
-        Di[r] = s;
-      }
+      const T* qb = q_all + i0 * Dp;
+      const T* dob = do_all + i0 * Dp;
+      const T* Di = Di_all + i0;
       mm_abt<T, DC>(P, qb, kt, rows, Dp);
       tile_scale_mask(P, rows, h.scale, i0, j0, Tq, Tk, h.causal, cols);
       for (int64_t r = 0; r < rows; ++r) {
