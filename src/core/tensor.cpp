@@ -251,7 +251,10 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   Tensor out = make_view(*this, s, strides(), offset() + start * strides()[a]);
   Shape in_shape = shape();
   autograd::record("narrow", out, {*this}, [in_shape, a, start, length](const Tensor& g) -> std::vector<Tensor> {
-    Tensor z = zeros(in_shape, g.options());
+    // Zeros outside the slice, g inside: each element written once.
+    Tensor z = empty(in_shape, g.options());
+    if (start > 0) z.narrow(a, 0, start).fill_(0.0);
+    if (start + length < in_shape[a]) z.narrow(a, start + length, in_shape[a] - start - length).fill_(0.0);
     z.narrow(a, start, length).copy_(g);
     return {z};
   });
