@@ -25,6 +25,8 @@
 
 #include "barbell/barbell.hpp"
 #include "bench_util.hpp"
+#include "cpu/gemm.hpp"  // which GEMM (oneDNN or OpenBLAS) and which kernel level ran: in the JSON
+#include "cpu/vec.hpp"
 
 namespace bb = barbell;
 using json = nlohmann::json;
@@ -429,7 +431,7 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
   };
   std::vector<Side> sides;
   int64_t params = 0;
-  json model;
+  json model, torch_version;
   for (int t : threads) {
     Side b{"barbell", t, std::make_unique<Trainer>(s), nullptr, {}, {}};
     if (sides.empty()) {
@@ -443,6 +445,7 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
     BB_CHECK(r.at("parameters").get<int64_t>() == params, bb::Error,
              "bench_train: torch's {} model has {} parameters, barbell's {}", s.name,
              r.at("parameters").dump(), params);
+    torch_version = r.value("torch", json());
     sides.push_back(std::move(p));
   }
   if (!keep) std::remove(file.c_str());
@@ -484,6 +487,7 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
       {"batch", s.batch},
       {"seq_len", s.seq_len},
       {"parameters", params},
+      {"torch", torch_version},
       {"rounds", rounds},
       {"steps_per_round", k},
       {"warmup_steps", warmup},
@@ -516,6 +520,70 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
   return out;
 }
 
+// bf16 against f32 in barbell: the same config as two trainers per thread count (f32, and bf16 parameters
+// and activations with f32 master weights), taking turns as in compare_config. Their losses differ by bf16's
+// rounding, so only the times are compared.
+json compare_bf16_config(const Shape& s, const std::vector<int>& threads, int rounds, double round_seconds,
+                         int warmup) {
+  struct Side {
+    bb::DType dtype;
+    int threads;
+    std::unique_ptr<Trainer> tr;
+    std::vector<double> ms;
+  };
+  std::vector<Side> sides;
+  for (int t : threads)
+    for (bb::DType dt : {bb::DType::F32, bb::DType::BF16})
+      sides.push_back({dt, t, std::make_unique<Trainer>(s, dt), {}});
+  auto run = [&](Side& sd, int k, bool record) {
+    bb::set_num_threads(sd.threads);
+    std::vector<double> ms;
+    for (int i = 0; i < k; ++i) ms.push_back(1e3 * sd.tr->step());
+    if (record) sd.ms.insert(sd.ms.end(), ms.begin(), ms.end());
+    return median(ms) / 1e3;
+  };
+  double slowest = 0;
+  for (auto& sd : sides) slowest = std::max(slowest, run(sd, warmup, false));
+  const int k = static_cast<int>(std::clamp(round_seconds / std::max(slowest, 1e-6), 1.0, 50.0));
+  for (int r = 0; r < rounds; ++r)
+    for (size_t i = 0; i < sides.size(); ++i)
+      run(sides[(i + static_cast<size_t>(r)) % sides.size()], k, true);
+  json out = {{"config", s.name},
+              {"model", sides[0].tr->describe()},
+              {"batch", s.batch},
+              {"seq_len", s.seq_len},
+              {"parameters", sides[0].tr->num_parameters()},
+              {"rounds", rounds},
+              {"steps_per_round", k},
+              {"warmup_steps", warmup}};
+  json runs = json::array();
+  for (int t : threads) {
+    Spread f{}, h{};
+    for (auto& sd : sides) {
+      if (sd.threads != t) continue;
+      Spread sp = spread(sd.ms);
+      (sd.dtype == bb::DType::F32 ? f : h) = sp;
+      runs.push_back({{"dtype", sd.dtype == bb::DType::F32 ? "f32" : "bf16"},
+                      {"threads", t},
+                      {"ms", sd.ms},
+                      {"ms_median", sp.median},
+                      {"ms_p25", sp.p25},
+                      {"ms_p75", sp.p75},
+                      {"ms_min", sp.min},
+                      {"ms_max", sp.max},
+                      {"final_loss", sd.tr->losses.back()}});
+    }
+    fmt::print("{:<7} {:>7.2f}M {:>3} {:>10.1f} {:>15} {:>10.1f} {:>15} {:>7.2f}x\n", s.name,
+               static_cast<double>(sides[0].tr->num_parameters()) / 1e6, t, f.median,
+               fmt::format("{:.0f}-{:.0f}", f.p25, f.p75), h.median,
+               fmt::format("{:.0f}-{:.0f}", h.p25, h.p75), h.median / f.median);
+    out[fmt::format("ratio_bf16_f32_{}t", t)] = h.median / f.median;
+  }
+  std::fflush(stdout);
+  out["runs"] = runs;
+  return out;
+}
+
 std::vector<int> parse_ints(const std::string& list) {
   std::vector<int> r;
   std::stringstream ss(list);
@@ -532,7 +600,7 @@ int main(int argc, char** argv) {
   int warmup = 2;
   std::string json_path;
   int threads = 0;
-  bool compare = false;
+  bool compare = false, compare_bf16 = false;
   bool no_ceiling = false;
   std::string dtype_name = "f32";
   std::string compare_threads = "1,2";
@@ -559,12 +627,17 @@ int main(int argc, char** argv) {
   app.add_flag("--compare-torch", compare,
                "Run PyTorch eager (benchmarks/torch_train_step.py) on the same models, weights and batches, "
                "interleaved with barbell, and print the ratio");
-  app.add_option("--compare-threads", compare_threads, "Thread counts compared (--compare-torch)")
+  app.add_flag(
+      "--compare-bf16", compare_bf16,
+      "Run barbell in bf16 (f32 master weights) and in f32 on the same config, interleaved, and print "
+      "the ratio");
+  app.add_option("--compare-threads", compare_threads,
+                 "Thread counts compared (--compare-torch, --compare-bf16)")
       ->capture_default_str();
-  app.add_option("--rounds", rounds, "Interleaved rounds per config (--compare-torch)")
+  app.add_option("--rounds", rounds, "Interleaved rounds per config (--compare-torch, --compare-bf16)")
       ->capture_default_str();
   app.add_option("--round-seconds", round_seconds,
-                 "About how long each trainer runs per round (--compare-torch)")
+                 "About how long each trainer runs per round (--compare-torch, --compare-bf16)")
       ->capture_default_str();
   app.add_option("--python", python,
                  "Python with PyTorch ($BARBELL_TORCH_PYTHON; scripts/setup-torch-cpu.sh)")
@@ -579,8 +652,11 @@ int main(int argc, char** argv) {
   try {
     if (threads > 0) bb::set_num_threads(threads);
     const bb::DType dtype = dtype_name == "bf16" ? bb::DType::BF16 : bb::DType::F32;
-    BB_CHECK(!compare || dtype == bb::DType::F32, bb::ValueError,
-             "bench_train: --compare-torch runs f32 only");
+    BB_CHECK(!(compare || compare_bf16) || dtype == bb::DType::F32, bb::ValueError,
+             "bench_train: --compare-torch and --compare-bf16 take no --dtype (they run f32, and bf16 "
+             "against it)");
+    BB_CHECK(!(compare && compare_bf16), bb::ValueError,
+             "bench_train: --compare-torch or --compare-bf16, one per run");
     std::vector<Shape> chosen;
     std::stringstream ss(presets);
     for (std::string name; std::getline(ss, name, ',');) {
@@ -593,20 +669,29 @@ int main(int argc, char** argv) {
     const std::string load_before = first_line_of("/proc/loadavg", "");
     const std::string commit =
         command_line(fmt::format("git -C '{}' rev-parse --short HEAD 2>/dev/null", BENCH_SOURCE_DIR));
+    const std::string gemm = bb::cpu::gemm_backend(), isa = bb::cpu::vec().isa;
     fmt::print(
-        "bench_train: {} | {} threads ({} hardware) | OMP_WAIT_POLICY={} | load average {} | commit {}\n",
-        cpu.empty() ? "unknown CPU" : cpu, bb::num_threads(), std::thread::hardware_concurrency(),
+        "bench_train: {} | {} threads ({} hardware) | GEMM {} | kernels {} | OMP_WAIT_POLICY={} | load "
+        "average "
+        "{} | commit {}\n",
+        cpu.empty() ? "unknown CPU" : cpu, bb::num_threads(), std::thread::hardware_concurrency(), gemm, isa,
         env_or("OMP_WAIT_POLICY", "(unset)"), load_before, commit);
-    json out = {{"benchmark", compare ? "bench_train --compare-torch" : "bench_train"},
+    json out = {{"benchmark", compare        ? "bench_train --compare-torch"
+                              : compare_bf16 ? "bench_train --compare-bf16"
+                                             : "bench_train"},
                 {"barbell_version", BARBELL_VERSION},
                 {"commit", commit},
                 {"date", utc_now()},
                 {"device", "cpu"},
                 {"machine", {{"cpu", cpu}, {"hardware_threads", std::thread::hardware_concurrency()}}},
+                {"cpu_gemm", gemm},
+                {"cpu_kernels", isa},
                 {"env",
                  {{"OMP_NUM_THREADS", env_or("OMP_NUM_THREADS", "")},
                   {"OMP_WAIT_POLICY", env_or("OMP_WAIT_POLICY", "")},
-                  {"OPENBLAS_NUM_THREADS", env_or("OPENBLAS_NUM_THREADS", "")}}},
+                  {"OPENBLAS_NUM_THREADS", env_or("OPENBLAS_NUM_THREADS", "")},
+                  {"BARBELL_CPU_GEMM", env_or("BARBELL_CPU_GEMM", "")},
+                  {"BARBELL_CPU_ISA", env_or("BARBELL_CPU_ISA", "")}}},
                 {"dtype", dtype_name},
                 {"step", "forward + backward + clip_grad_norm_ + AdamW"},
                 {"load_average_before", load_before}};
@@ -620,6 +705,11 @@ int main(int argc, char** argv) {
         results.push_back(compare_config(s, tl, rounds, round_seconds, warmup, python, script,
                                          keep_dir.empty() ? (tmp ? tmp : "/tmp") : keep_dir,
                                          !keep_dir.empty()));
+    } else if (compare_bf16) {
+      const std::vector<int> tl = parse_ints(compare_threads);
+      fmt::print("{:<7} {:>8} {:>3} {:>10} {:>15} {:>10} {:>15} {:>8}\n", "config", "params", "thr", "f32 ms",
+                 "(p25-p75)", "bf16 ms", "(p25-p75)", "bf16/f32");
+      for (auto& s : chosen) results.push_back(compare_bf16_config(s, tl, rounds, round_seconds, warmup));
     } else {
       const double ceiling = no_ceiling ? 1.0 : matmul_ceiling_gflops();
       out["matmul_ceiling_gflop_per_s"] = ceiling;
