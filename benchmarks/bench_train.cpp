@@ -339,6 +339,54 @@ json bench_config(const Shape& s, int64_t steps_flag, double seconds, int warmup
   return r;
 }
 
+// CPU seconds: of the whole machine (every CPU's busy time, /proc/stat), and of one process (all its
+// threads, /proc/PID/stat). Over the timed rounds, the difference is what other programs took meanwhile.
+double machine_busy_s() {
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  double user = 0, nice = 0, sys = 0, idle = 0, iowait = 0, irq = 0, softirq = 0;
+  if (!(f >> cpu >> user >> nice >> sys >> idle >> iowait >> irq >> softirq)) return 0;
+  return (user + nice + sys + irq + softirq) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+double process_cpu_s(pid_t pid) {
+  std::ifstream f(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  std::getline(f, line);
+  const auto close = line.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos || close + 2 > line.size()) return 0;
+  std::istringstream rest(line.substr(close + 2));  // from field 3 (state) on
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::atof(field.c_str());
+    if (i == 15) stime = std::atof(field.c_str());
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+// The CPUs other programs kept busy on average from construction to others(): ours are this
+// process's and the given children's.
+class OtherLoad {
+ public:
+  explicit OtherLoad(std::vector<pid_t> children) : children_(std::move(children)) {
+    busy0_ = machine_busy_s();
+    ours0_ = ours();
+  }
+  double others() const {
+    const double wall = std::chrono::duration<double>(Clock::now() - wall0_).count();
+    return std::max(0.0, (machine_busy_s() - busy0_) - (ours() - ours0_)) / std::max(wall, 1e-9);
+  }
+
+ private:
+  double ours() const {
+    double t = process_cpu_s(getpid());
+    for (pid_t c : children_) t += process_cpu_s(c);
+    return t;
+  }
+  std::vector<pid_t> children_;
+  double busy0_ = 0, ours0_ = 0;
+  Clock::time_point wall0_ = Clock::now();
+};
+
 // torch_train_step.py --serve as a child process, spoken to in JSON lines over two pipes.
 class TorchPeer {
  public:
@@ -372,6 +420,8 @@ class TorchPeer {
   }
   TorchPeer(const TorchPeer&) = delete;
   TorchPeer& operator=(const TorchPeer&) = delete;
+
+  pid_t pid() const { return pid_; }
 
   json request(const json& req) {
     std::string line = req.dump() + "\n";
@@ -468,9 +518,14 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
   double slowest = 0;
   for (auto& sd : sides) slowest = std::max(slowest, run(sd, warmup, false));
   const int k = static_cast<int>(std::clamp(round_seconds / std::max(slowest, 1e-6), 1.0, 50.0));
+  std::vector<pid_t> children;
+  for (auto& sd : sides)
+    if (sd.torch) children.push_back(sd.torch->pid());
+  OtherLoad load(children);
   for (int r = 0; r < rounds; ++r)
     for (size_t i = 0; i < sides.size(); ++i)
       run(sides[(i + static_cast<size_t>(r)) % sides.size()], k, true);
+  const double others = load.others();
 
   // Losses: every trainer ran the same steps from the same start.
   double first_diff = 0, max_diff = 0;
@@ -493,7 +548,8 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
       {"warmup_steps", warmup},
       {"loss_first_steps", std::vector<double>(sides[0].losses.begin(), sides[0].losses.begin() + n_first)},
       {"loss_max_abs_diff_first_3_steps", first_diff},
-      {"loss_max_abs_diff_all_steps", max_diff}};
+      {"loss_max_abs_diff_all_steps", max_diff},
+      {"other_processes_cpus", others}};
   json runs = json::array();
   for (int t : threads) {
     Spread b{}, p{};
@@ -510,9 +566,10 @@ json compare_config(const Shape& s, const std::vector<int>& threads, int rounds,
                       {"ms_min", sp.min},
                       {"ms_max", sp.max}});
     }
-    fmt::print("{:<7} {:>7.2f}M {:>3} {:>10.1f} {:>15} {:>10.1f} {:>15} {:>7.2f}x {:>10.1e}\n", s.name,
-               static_cast<double>(params) / 1e6, t, b.median, fmt::format("{:.0f}-{:.0f}", b.p25, b.p75),
-               p.median, fmt::format("{:.0f}-{:.0f}", p.p25, p.p75), b.median / p.median, first_diff);
+    fmt::print("{:<7} {:>7.2f}M {:>3} {:>10.1f} {:>15} {:>10.1f} {:>15} {:>7.2f}x {:>10.1e} {:>7.2f}\n",
+               s.name, static_cast<double>(params) / 1e6, t, b.median,
+               fmt::format("{:.0f}-{:.0f}", b.p25, b.p75), p.median,
+               fmt::format("{:.0f}-{:.0f}", p.p25, p.p75), b.median / p.median, first_diff, others);
     out[fmt::format("ratio_{}t", t)] = b.median / p.median;
   }
   std::fflush(stdout);
@@ -545,9 +602,11 @@ json compare_bf16_config(const Shape& s, const std::vector<int>& threads, int ro
   double slowest = 0;
   for (auto& sd : sides) slowest = std::max(slowest, run(sd, warmup, false));
   const int k = static_cast<int>(std::clamp(round_seconds / std::max(slowest, 1e-6), 1.0, 50.0));
+  OtherLoad load({});
   for (int r = 0; r < rounds; ++r)
     for (size_t i = 0; i < sides.size(); ++i)
       run(sides[(i + static_cast<size_t>(r)) % sides.size()], k, true);
+  const double others = load.others();
   json out = {{"config", s.name},
               {"model", sides[0].tr->describe()},
               {"batch", s.batch},
@@ -555,7 +614,8 @@ json compare_bf16_config(const Shape& s, const std::vector<int>& threads, int ro
               {"parameters", sides[0].tr->num_parameters()},
               {"rounds", rounds},
               {"steps_per_round", k},
-              {"warmup_steps", warmup}};
+              {"warmup_steps", warmup},
+              {"other_processes_cpus", others}};
   json runs = json::array();
   for (int t : threads) {
     Spread f{}, h{};
@@ -573,10 +633,10 @@ json compare_bf16_config(const Shape& s, const std::vector<int>& threads, int ro
                       {"ms_max", sp.max},
                       {"final_loss", sd.tr->losses.back()}});
     }
-    fmt::print("{:<7} {:>7.2f}M {:>3} {:>10.1f} {:>15} {:>10.1f} {:>15} {:>7.2f}x\n", s.name,
+    fmt::print("{:<7} {:>7.2f}M {:>3} {:>10.1f} {:>15} {:>10.1f} {:>15} {:>7.2f}x {:>7.2f}\n", s.name,
                static_cast<double>(sides[0].tr->num_parameters()) / 1e6, t, f.median,
                fmt::format("{:.0f}-{:.0f}", f.p25, f.p75), h.median,
-               fmt::format("{:.0f}-{:.0f}", h.p25, h.p75), h.median / f.median);
+               fmt::format("{:.0f}-{:.0f}", h.p25, h.p75), h.median / f.median, others);
     out[fmt::format("ratio_bf16_f32_{}t", t)] = h.median / f.median;
   }
   std::fflush(stdout);
@@ -699,16 +759,22 @@ int main(int argc, char** argv) {
     if (compare) {
       const std::vector<int> tl = parse_ints(compare_threads);
       const char* tmp = std::getenv("TMPDIR");
-      fmt::print("{:<7} {:>8} {:>3} {:>10} {:>15} {:>10} {:>15} {:>8} {:>10}\n", "config", "params", "thr",
-                 "barbell ms", "(p25-p75)", "torch ms", "(p25-p75)", "ratio", "|dloss|");
+      fmt::print(
+          "(medians of per-step times, interleaved rounds; others: CPUs that other programs kept busy "
+          "meanwhile)\n");
+      fmt::print("{:<7} {:>8} {:>3} {:>10} {:>15} {:>10} {:>15} {:>8} {:>10} {:>7}\n", "config", "params",
+                 "thr", "barbell ms", "(p25-p75)", "torch ms", "(p25-p75)", "ratio", "|dloss|", "others");
       for (auto& s : chosen)
         results.push_back(compare_config(s, tl, rounds, round_seconds, warmup, python, script,
                                          keep_dir.empty() ? (tmp ? tmp : "/tmp") : keep_dir,
                                          !keep_dir.empty()));
     } else if (compare_bf16) {
       const std::vector<int> tl = parse_ints(compare_threads);
-      fmt::print("{:<7} {:>8} {:>3} {:>10} {:>15} {:>10} {:>15} {:>8}\n", "config", "params", "thr", "f32 ms",
-                 "(p25-p75)", "bf16 ms", "(p25-p75)", "bf16/f32");
+      fmt::print(
+          "(medians of per-step times, interleaved rounds; others: CPUs that other programs kept busy "
+          "meanwhile)\n");
+      fmt::print("{:<7} {:>8} {:>3} {:>10} {:>15} {:>10} {:>15} {:>8} {:>7}\n", "config", "params", "thr",
+                 "f32 ms", "(p25-p75)", "bf16 ms", "(p25-p75)", "bf16/f32", "others");
       for (auto& s : chosen) results.push_back(compare_bf16_config(s, tl, rounds, round_seconds, warmup));
     } else {
       const double ceiling = no_ceiling ? 1.0 : matmul_ceiling_gflops();
