@@ -341,7 +341,6 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  barbell::prefer_passive_omp_wait(argv);
   Args a;
   CLI::App app{
       "barbell-ddp-scaling: data-parallel GPT training speed on the ranks it was launched with "

@@ -716,7 +716,6 @@ int run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  barbell::prefer_passive_omp_wait(argv);
   Args a;
   CLI::App app{"barbell-train: train a GPT on the GPU or the CPU (synthetic addition by default, or --data FILE)"};
   // Ranges: the validators above; sizes the memory cannot hold are refused by check_fits.
@@ -791,7 +790,7 @@ int main(int argc, char** argv) {
       ->check(int_flag(1, 9, "in [1, 9]"));
   app.add_flag("--reverse", a.reverse, "Addition task: the model writes the answer least significant digit first");
   app.add_option("--threads", a.threads,
-                 "CPU threads for OpenMP and OpenBLAS (0: all cores; more than the cores available: capped)")
+                 "CPU threads (0: barbell's default, one per physical core; more than the cores available: capped)")
       ->capture_default_str()
       ->check(int_flag(0, kMaxThreads, "in [0, 1024]"));
   app.add_flag("--force-threads", a.force_threads,

@@ -7,8 +7,10 @@ required=(build-essential cmake ninja-build catch2 libfmt-dev libopenblas-dev li
   libcli11-dev libopenmpi-dev openmpi-bin python3
   mount  # mount: tests/cpu_only hides the vendor libraries with bind mounts
   clang libclang-rt-14-dev libomp-14-dev)  # clang: the emulated device's build (its instrumentation) and the fuzzers (libFuzzer, clang's OpenMP)
-# Only scripts/plot_metrics.py needs these; a failure to install them is a warning.
-optional=(python3-matplotlib)
+# A failure to install these is a warning: scripts/plot_metrics.py needs matplotlib; the CPU
+# backend opens oneDNN (libdnnl2) at run time for its faster sgemm and bf16 gemm, and uses
+# OpenBLAS alone without it.
+optional=(python3-matplotlib libdnnl2)
 
 is_installed() {
   [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == "installed" ]]

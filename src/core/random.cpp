@@ -7,6 +7,8 @@
 
 #include "ops/common.hpp"
 
+#include "cpu/parallel.hpp"
+
 namespace barbell {
 
 void Generator::philox(uint64_t seed, uint64_t counter, uint32_t out[4]) {
@@ -56,14 +58,15 @@ void draw(const Tensor& out, Generator& g, F f) {
   int64_t blocks = n / 4 + (n % 4 != 0);
   uint64_t base = g.reserve(static_cast<uint64_t>(blocks));
   uint64_t seed = g.seed();
-#pragma omp parallel for if (blocks > 4096)
-  for (int64_t b = 0; b < blocks; ++b) {
-    uint32_t w[4];
-    Generator::philox(seed, base + static_cast<uint64_t>(b), w);
-    V vals[4];
-    f(w, vals);
-    for (int j = 0; j < 4 && b * 4 + j < n; ++j) v[b * 4 + j] = vals[j];
-  }
+  cpu::parallel_for(blocks, 4096, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      uint32_t w[4];
+      Generator::philox(seed, base + static_cast<uint64_t>(b), w);
+      V vals[4];
+      f(w, vals);
+      for (int j = 0; j < 4 && b * 4 + j < n; ++j) v[b * 4 + j] = vals[j];
+    }
+  });
 }
 inline double u01(uint32_t w) { return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0); }
 

@@ -14,6 +14,7 @@
 #include "barbell/autograd/autograd.hpp"
 #include "barbell/ops/ops.hpp"
 #include "cpu/cpu.hpp"
+#include "cpu/host_alloc.hpp"
 #include "cuda/runtime.hpp"
 #include "ops/common.hpp"
 
@@ -62,15 +63,16 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device device, const c
                "{}: cannot allocate {} bytes ({}): more than this machine's memory and swap ({})", op, nbytes,
                human_bytes(nbytes), human_bytes(limit));
     }
-    // Rounded up to whole cache lines, as aligned_alloc wants a multiple of the alignment.
+    // 64-byte aligned; large blocks are reused (src/cpu/host_alloc.cpp).
     constexpr size_t kMax = std::numeric_limits<size_t>::max() - 64;
-    void* p = nbytes <= kMax ? std::aligned_alloc(64, (std::max<size_t>(nbytes, 1) + 63) / 64 * 64) : nullptr;
+    const size_t n = std::max<size_t>(nbytes, 1);
+    void* p = nbytes <= kMax ? cpu::host_alloc(n) : nullptr;
     BB_CHECK(p != nullptr, Error, "{}: out of host memory: cannot allocate {} bytes ({})", op, nbytes,
              human_bytes(nbytes));
     try {
-      return std::make_shared<Storage>(p, nbytes, device, [](void* q) { std::free(q); });
+      return std::make_shared<Storage>(p, nbytes, device, [n](void* q) { cpu::host_free(q, n); });
     } catch (const std::bad_alloc&) {
-      std::free(p);
+      cpu::host_free(p, n);
       throw Error(fmt::format("{}: out of host memory allocating a storage of {} bytes", op, nbytes));
     }
   }
@@ -318,7 +320,10 @@ Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
   Tensor out = make_view(*this, s, strides(), offset() + start * strides()[a]);
   Shape in_shape = shape();
   autograd::record("narrow", out, {*this}, [in_shape, a, start, length](const Tensor& g) -> std::vector<Tensor> {
-    Tensor z = zeros(in_shape, g.options());
+    // Zeros outside the slice, g inside: each element written once.
+    Tensor z = empty(in_shape, g.options());
+    if (start > 0) z.narrow(a, 0, start).fill_(0.0);
+    if (start + length < in_shape[a]) z.narrow(a, start + length, in_shape[a] - start - length).fill_(0.0);
     z.narrow(a, start, length).copy_(g);
     return {z};
   });

@@ -63,6 +63,8 @@ void softmax_rows_backward(const Tensor& dx, const Tensor& dy, const Tensor& y, 
 
 // C[b] = A[b] @ B[b] for batched 2-D operands with arbitrary strides (inner dims
 // must have one unit stride, else the op makes them contiguous first).
+// C is f32 or f64 with A, B of its dtype, or f32 with bf16 A, B when
+// bf16_gemm_available() (cpu/gemm.hpp).
 void matmul(const Tensor& c, const Tensor& a, const Tensor& b);
 // Can the last two dims of t go to BLAS as they are (one unit stride, valid ld)?
 bool matmul_strides_ok(const Tensor& t);
@@ -87,6 +89,15 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
                             int64_t V, int64_t ignore_index, double scale);
 
 void dropout_mask(const Tensor& mask, double p, uint64_t seed, uint64_t offset);
+
+// Fused attention (f32, f64): q [B, H, Tq, D], k, v [B, H, Tk, D], o like q, any strides
+// with unit stride in D; lse [B, H, Tq] contiguous, q's dtype. Backward: dq, dk, dv like
+// q, k, v from dout (like o), with the forward's o and lse.
+void attention_forward(const Tensor& o, const Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                       bool causal, double scale);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                        bool causal, double scale);
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& p);
 double sum_of_squares(const Tensor& x);

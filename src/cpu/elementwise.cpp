@@ -4,9 +4,11 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
 #include "cpu/loops.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -183,6 +185,12 @@ void copy(const Tensor& dst, const Tensor& src) {
       run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
         D* o = d + off[0];
         const S* x = s + off[1];
+        if constexpr (std::is_same_v<D, BFloat16> && std::is_same_v<S, float>) {
+          if (st[0] == 1 && st[1] == 1) return vec().f32_to_bf16(bits(o), x, n);
+        }
+        if constexpr (std::is_same_v<D, float> && std::is_same_v<S, BFloat16>) {
+          if (st[0] == 1 && st[1] == 1) return vec().bf16_to_f32(o, bits(x), n);
+        }
         if (st[0] == 1 && st[1] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = convert<D>(x[i]);
         } else {
@@ -220,6 +228,25 @@ void binary(BinaryOp op, const Tensor& out, const Tensor& a, const Tensor& b, do
         O* o = po + off[0];
         const T* x = pa + off[1];
         const T* y = pb + off[2];
+        // f32 add/sub/mul/div: the vectorised kernels of this CPU's level (vec.hpp).
+        if constexpr (std::is_same_v<T, float> && std::is_same_v<O, float> &&
+                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul ||
+                       OP == BinaryOp::Div)) {
+          if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && (st[2] == 1 || st[2] == 0)) {
+            return vec().binary(static_cast<int>(OP), o, x, y, n, st[2] == 0);
+          }
+        }
+        if constexpr (std::is_same_v<T, BFloat16> && std::is_same_v<O, BFloat16> &&
+                      (OP == BinaryOp::Add || OP == BinaryOp::Sub || OP == BinaryOp::Mul ||
+                       OP == BinaryOp::Div)) {
+          if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && (st[2] == 1 || st[2] == 0)) {
+            const auto fn = vec().binary;
+            return bf16_map2(o, x, y, n, st[2] == 0,
+                             [&](float* of, const float* af, const float* bf, int64_t m) {
+                               fn(static_cast<int>(OP), of, af, bf, m, st[2] == 0);
+                             });
+          }
+        }
         // The common cases get loops the compiler can vectorise.
         if (alpha == 1.0 && st[0] == 1 && st[1] == 1 && st[2] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = convert<O>(apply_binary<A>(OP, A(x[i]), A(y[i])));
@@ -264,6 +291,14 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& x, double scalar) {
         run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
           T* o = po + off[0];
           const T* in = px + off[1];
+          if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
+            if (st[0] == 1 && st[1] == 1)
+              return (OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh)(o, in, n);
+          }
+          if constexpr (std::is_same_v<T, BFloat16> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
+            if (st[0] == 1 && st[1] == 1)
+              return bf16_map1(o, in, n, OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh);
+          }
           if (st[0] == 1 && st[1] == 1) {
             for (int64_t i = 0; i < n; ++i) o[i] = convert<T>(apply_unary<A>(OP, A(in[i]), s));
           } else {
@@ -289,6 +324,15 @@ void unary_backward(UnaryOp op, const Tensor& dx, const Tensor& dy, const Tensor
         T* o = pdx + off[0];
         const T* g = pdy + off[1];
         const T* in = px + off[2];
+        if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
+          if (st[0] == 1 && st[1] == 1 && st[2] == 1)
+            return (OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad)(o, g, in, n);
+        }
+        if constexpr (std::is_same_v<T, BFloat16> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
+          if (st[0] == 1 && st[1] == 1 && st[2] == 1)
+            return bf16_map2(o, g, in, n, false,
+                             OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad);
+        }
         if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = T(A(g[i]) * unary_grad<A>(OP, A(in[i])));
         } else {

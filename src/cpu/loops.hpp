@@ -1,11 +1,13 @@
 // The strided N-operand loop every elementwise CPU kernel runs on: dims are
-// coalesced, then work is split into chunks of the innermost dim across OpenMP threads.
+// coalesced, then work is split into chunks of the innermost dim across the pool's threads.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
 #include "barbell/core/shape.hpp"
+#include "cpu/parallel.hpp"
 
 namespace barbell::cpu {
 
@@ -49,21 +51,36 @@ void run_plan(const Plan<N>& p, F&& f) {
   const int64_t tasks = outer * chunks_per_row;
   std::array<int64_t, N> inner_st;
   for (size_t k = 0; k < N; ++k) inner_st[k] = p.strides[k].back();
-#pragma omp parallel for schedule(static) if (outer * inner > 32768)
-  for (int64_t t = 0; t < tasks; ++t) {
-    int64_t row = t / chunks_per_row, c = t % chunks_per_row;
-    std::array<int64_t, N> off{};
+  // A task is one run of up to kChunk elements. Within a chunk of tasks the row offsets
+  // advance like an odometer: no divisions per run (many strided views have runs of a
+  // few dozen elements).
+  const int64_t per_task = std::max<int64_t>(1, std::min(inner, kChunk));
+  parallel_for(tasks, grain_for(per_task), [&](int64_t t0, int64_t t1) {
+    int64_t row = t0 / chunks_per_row, c = t0 % chunks_per_row;
+    Shape idx(static_cast<size_t>(std::max<int64_t>(nd - 1, 0)), 0);
+    std::array<int64_t, N> row_off{};
     int64_t r = row;
     for (int64_t d = nd - 2; d >= 0; --d) {
-      int64_t i = r % p.shape[d];
+      idx[static_cast<size_t>(d)] = r % p.shape[d];
       r /= p.shape[d];
-      for (size_t k = 0; k < N; ++k) off[k] += i * p.strides[k][d];
+      for (size_t k = 0; k < N; ++k) row_off[k] += idx[static_cast<size_t>(d)] * p.strides[k][d];
     }
-    int64_t start = c * kChunk;
-    int64_t n = std::min(kChunk, inner - start);
-    for (size_t k = 0; k < N; ++k) off[k] += start * inner_st[k];
-    f(n, off, inner_st);
-  }
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t start = c * kChunk, n = std::min(kChunk, inner - start);
+      std::array<int64_t, N> off;
+      for (size_t k = 0; k < N; ++k) off[k] = row_off[k] + start * inner_st[k];
+      f(n, off, inner_st);
+      if (++c < chunks_per_row) continue;
+      c = 0;
+      for (int64_t d = nd - 2; d >= 0; --d) {  // next row
+        const size_t ud = static_cast<size_t>(d);
+        for (size_t k = 0; k < N; ++k) row_off[k] += p.strides[k][d];
+        if (++idx[ud] < p.shape[d]) break;
+        for (size_t k = 0; k < N; ++k) row_off[k] -= idx[ud] * p.strides[k][d];
+        idx[ud] = 0;
+      }
+    }
+  });
 }
 
 }  // namespace barbell::cpu

@@ -5,8 +5,11 @@
 #include <vector>
 #include <limits>
 
+#include "cpu/bf16.hpp"
 #include "cpu/cpu.hpp"
 #include "cpu/dispatch.hpp"
+#include "cpu/parallel.hpp"
+#include "cpu/vec.hpp"
 
 namespace barbell::cpu {
 
@@ -19,8 +22,10 @@ void embedding(const Tensor& out, const Tensor& ids, const Tensor& weight) {
       using T = typename decltype(tag)::type;
       const T* pw = static_cast<const T*>(weight.data_ptr());
       T* po = static_cast<T*>(out.data_ptr());
-#pragma omp parallel for if (n * C > 32768)
-      for (int64_t r = 0; r < n; ++r) std::copy(pw + int64_t(pi[r]) * C, pw + int64_t(pi[r]) * C + C, po + r * C);
+      parallel_for(n, grain_for(C), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          std::copy(pw + int64_t(pi[r]) * C, pw + int64_t(pi[r]) * C + C, po + r * C);
+      });
     });
   });
 }
@@ -37,15 +42,17 @@ void embedding_backward(const Tensor& dweight, const Tensor& dy, const Tensor& i
       using A = acc_t<T>;
       T* pw = static_cast<T*>(dweight.data_ptr());
       const T* pg = static_cast<const T*>(dy.data_ptr());
-#pragma omp parallel for if (n * C > 32768)
-      for (int64_t c0 = 0; c0 < C; c0 += 64) {
-        int64_t c1 = std::min(C, c0 + 64);
-        for (int64_t r = 0; r < n; ++r) {
-          T* row = pw + int64_t(pi[r]) * C;
-          const T* g = pg + r * C;
-          for (int64_t c = c0; c < c1; ++c) row[c] = T(A(row[c]) + A(g[c]));
+      const int64_t nblk = (C + 63) / 64;
+      parallel_for(nblk, grain_for(64 * n), [&](int64_t b0, int64_t b1) {
+        for (int64_t c0 = b0 * 64; c0 < std::min(C, b1 * 64); c0 += 64) {
+          int64_t c1 = std::min(C, c0 + 64);
+          for (int64_t r = 0; r < n; ++r) {
+            T* row = pw + int64_t(pi[r]) * C;
+            const T* g = pg + r * C;
+            for (int64_t c = c0; c < c1; ++c) row[c] = T(A(row[c]) + A(g[c]));
+          }
         }
-      }
+      });
     });
   });
 }
@@ -74,15 +81,23 @@ int64_t cross_entropy(const Tensor& loss, const Tensor& logits, const Tensor& ta
       using T = typename decltype(tag)::type;
       using A = acc_t<T>;
       const T* pl = static_cast<const T*>(logits.data_ptr());
-#pragma omp parallel for if (rows * V > 16384)
-      for (int64_t r = 0; r < rows; ++r) {
-        int64_t t = int64_t(pt[r]);
-        if (t == ignore_index) continue;
-        const T* row = pl + r * V;
-        auto [m, s] = row_max_sumexp<A>(row, V);
-        row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
-        counted[static_cast<size_t>(r)] = 1;
-      }
+      parallel_for(rows, grain_for(2 * V), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t t = int64_t(pt[r]);
+          if (t == ignore_index) continue;
+          const T* row = pl + r * V;
+          if constexpr (std::is_same_v<T, float>) {
+            row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(row, V)) - double(row[t]);
+          } else if constexpr (std::is_same_v<T, BFloat16>) {
+            std::vector<float> rf = bf16_to_vector(row, V);
+            row_loss[static_cast<size_t>(r)] = double(vec().logsumexp(rf.data(), V)) - double(rf[size_t(t)]);
+          } else {
+            auto [m, s] = row_max_sumexp<A>(row, V);
+            row_loss[static_cast<size_t>(r)] = double(m + std::log(s) - A(row[t]));
+          }
+          counted[static_cast<size_t>(r)] = 1;
+        }
+      });
     });
   });
   int64_t count = 0;
@@ -110,20 +125,33 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& logits, const T
       const T* pl = static_cast<const T*>(logits.data_ptr());
       T* pd = static_cast<T*>(dlogits.data_ptr());
       const A sc = A(scale);
-#pragma omp parallel for if (rows * V > 16384)
-      for (int64_t r = 0; r < rows; ++r) {
-        int64_t t = int64_t(pt[r]);
-        T* d = pd + r * V;
-        if (t == ignore_index) {
-          std::fill(d, d + V, T(A(0)));
-          continue;
+      parallel_for(rows, grain_for(3 * V), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          int64_t t = int64_t(pt[r]);
+          T* d = pd + r * V;
+          if (t == ignore_index) {
+            std::fill(d, d + V, T(A(0)));
+            continue;
+          }
+          const T* row = pl + r * V;
+          if constexpr (std::is_same_v<T, float>) {
+            vec().softmax_scaled(d, row, V, vec().logsumexp(row, V), sc);
+            d[t] -= sc;
+            continue;
+          }
+          if constexpr (std::is_same_v<T, BFloat16>) {
+            std::vector<float> rf = bf16_to_vector(row, V), df(static_cast<size_t>(V));
+            vec().softmax_scaled(df.data(), rf.data(), V, vec().logsumexp(rf.data(), V), sc);
+            df[size_t(t)] -= sc;
+            vec().f32_to_bf16(bits(d), df.data(), V);
+            continue;
+          }
+          auto [m, s] = row_max_sumexp<A>(row, V);
+          A inv = A(1) / s;
+          for (int64_t i = 0; i < V; ++i) d[i] = T(std::exp(A(row[i]) - m) * inv * sc);
+          d[t] = T(A(d[t]) - sc);
         }
-        const T* row = pl + r * V;
-        auto [m, s] = row_max_sumexp<A>(row, V);
-        A inv = A(1) / s;
-        for (int64_t i = 0; i < V; ++i) d[i] = T(std::exp(A(row[i]) - m) * inv * sc);
-        d[t] = T(A(d[t]) - sc);
-      }
+      });
     });
   });
 }
@@ -133,12 +161,13 @@ void dropout_mask(const Tensor& mask, double p, uint64_t seed, uint64_t offset) 
   float* pm = static_cast<float*>(mask.data_ptr());
   const float keep_scale = float(1.0 / (1.0 - p));
   const auto threshold = static_cast<uint32_t>(std::min(p * 4294967296.0, 4294967295.0));
-#pragma omp parallel for if (n > 32768)
-  for (int64_t b = 0; b < (n + 3) / 4; ++b) {
-    uint32_t w[4];
-    Generator::philox(seed, offset + uint64_t(b), w);
-    for (int j = 0; j < 4 && b * 4 + j < n; ++j) pm[b * 4 + j] = w[j] < threshold ? 0.0f : keep_scale;
-  }
+  parallel_for((n + 3) / 4, 4096, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      uint32_t w[4];
+      Generator::philox(seed, offset + uint64_t(b), w);
+      for (int j = 0; j < 4 && b * 4 + j < n; ++j) pm[b * 4 + j] = w[j] < threshold ? 0.0f : keep_scale;
+    }
+  });
 }
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, const AdamWParams& p) {
@@ -156,16 +185,24 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
     const T* pg = static_cast<const T*>(grad.data_ptr());
     S* pm = static_cast<S*>(m.data_ptr());
     S* pv = static_cast<S*>(v.data_ptr());
-#pragma omp parallel for if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) {
-      S g = S(acc_t<T>(pg[i]));
-      S mi = b1 * pm[i] + omb1 * g;
-      S vi = b2 * pv[i] + omb2 * g * g;
-      pm[i] = mi;
-      pv[i] = vi;
-      S x = S(acc_t<T>(pp[i])) * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-      pp[i] = T(acc_t<T>(x));
+    if constexpr (std::is_same_v<T, float>) {
+      parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+        vec().adamw(pp + i0, pg + i0, pm + i0, pv + i0, i1 - i0, b1, b2, omb1, omb2, eps, decay, step_size,
+                    inv_sqrt_bc2);
+      });
+      return;
     }
+    parallel_for(n, kGrainElems, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        S g = S(acc_t<T>(pg[i]));
+        S mi = b1 * pm[i] + omb1 * g;
+        S vi = b2 * pv[i] + omb2 * g * g;
+        pm[i] = mi;
+        pv[i] = vi;
+        S x = S(acc_t<T>(pp[i])) * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        pp[i] = T(acc_t<T>(x));
+      }
+    });
   });
 }
 
@@ -177,15 +214,21 @@ double sum_of_squares(const Tensor& x) {
   dispatch_float(x.dtype(), "sum_of_squares", [&](auto tag) {
     using T = typename decltype(tag)::type;
     const T* p = static_cast<const T*>(x.data_ptr());
-#pragma omp parallel for schedule(static) if (nblk > 1)
-    for (int64_t b = 0; b < nblk; ++b) {
-      double acc = 0;
-      for (int64_t i = b * n / nblk; i < (b + 1) * n / nblk; ++i) {
-        double v = double(acc_t<T>(p[i]));
-        acc += v * v;
+    parallel_for(nblk, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if constexpr (std::is_same_v<T, float>) {
+          part[static_cast<size_t>(b)] =
+              vec().sum_squares(p + b * n / nblk, (b + 1) * n / nblk - b * n / nblk);
+          continue;
+        }
+        double acc = 0;
+        for (int64_t i = b * n / nblk; i < (b + 1) * n / nblk; ++i) {
+          double v = double(acc_t<T>(p[i]));
+          acc += v * v;
+        }
+        part[static_cast<size_t>(b)] = acc;
       }
-      part[static_cast<size_t>(b)] = acc;
-    }
+    });
   });
   double total = 0;
   for (double v : part) total += v;

@@ -1,7 +1,8 @@
 // scaled_dot_product_attention and its backends (see ops.hpp):
-//   Math:  softmax(q k^T * scale [+ causal mask]) v built from matmul/softmax ops, so
-//          autograd and every device come for free. The reference the fused kernels
-//          are tested against.
+//   Math:  softmax(q k^T * scale [+ causal mask]) v. On the CPU one fused kernel
+//          (src/cpu/attention.cpp: tiles, online softmax, no [B, H, Tq, Tk] tensor);
+//          elsewhere built from matmul/softmax ops, so autograd and every device come
+//          for free. The reference the fused kernels are tested against.
 //   Flash: barbell's kernels (kernels/flash_attention.cu); Cudnn: cuDNN's fused SDPA
 //          (kernels/attention_cudnn.cu). Both read q, k, v in place through their
 //          strides, save the logsumexp and recompute the probabilities in backward.
@@ -12,7 +13,9 @@
 #include <tuple>
 
 #include "barbell/cuda/cuda.hpp"
+#include "cpu/cpu.hpp"
 #include "flash/tensor_params.hpp"
+#include "ops/attention_hooks.hpp"
 #include "ops/common.hpp"
 
 namespace barbell {
@@ -21,6 +24,7 @@ namespace {
 
 const char* kOp = "scaled_dot_product_attention";
 std::atomic<bool> g_deterministic{false};
+std::atomic<bool> g_cpu_math_composite{false};  // tests only (attention_hooks.hpp)
 
 
 // The causal mask, built once per (Tq, Tk, device, stream) and thread: every layer of
@@ -158,6 +162,38 @@ AttentionOutput fused_attention(AttentionBackend backend, const Tensor& q_in, co
   return r;
 }
 
+// Math on the CPU: the fused kernel, in f32 for 16-bit inputs (as the composition of
+// ops computes them), reading q, k, v through their strides.
+AttentionOutput cpu_attention(const Tensor& q_in, const Tensor& k_in, const Tensor& v_in, bool causal,
+                              double s) {
+  const int64_t B = q_in.size(0), H = q_in.size(1), Tq = q_in.size(2), Tk = k_in.size(2), D = q_in.size(3);
+  const DType dt = q_in.dtype(), cdt = dt == DType::F64 ? DType::F64 : DType::F32;
+  auto prep = [&](const Tensor& t) {
+    Tensor x = t.detach();
+    if (x.dtype() != cdt) x = x.to(cdt);
+    return x.strides()[3] == 1 ? x : x.contiguous();
+  };
+  Tensor q = prep(q_in), k = prep(k_in), v = prep(v_in);
+  Tensor o = bthd(B, H, Tq, D, {cdt, q.device()});
+  Tensor lse = empty({B, H, Tq}, {cdt, q.device()});
+  cpu::attention_forward(o, lse, q, k, v, causal, s);
+  AttentionOutput r{dt == cdt ? o : o.to(dt), lse};
+  Tensor od = o.detach();
+  autograd::record(
+      "scaled_dot_product_attention (cpu)", r.out, {q_in, k_in, v_in},
+      [q, k, v, od, lse, causal, s, dt, cdt, B, H, Tq, Tk, D](const Tensor& g) -> std::vector<Tensor> {
+        Tensor go = g.dtype() == cdt ? g : g.to(cdt);
+        if (go.strides()[3] != 1) go = go.contiguous();
+        Tensor dq = bthd(B, H, Tq, D, q.options());
+        Tensor dk = bthd(B, H, Tk, D, q.options());
+        Tensor dv = bthd(B, H, Tk, D, q.options());
+        cpu::attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s);
+        if (dt == cdt) return {dq, dk, dv};
+        return {dq.to(dt), dk.to(dt), dv.to(dt)};
+      });
+  return r;
+}
+
 AttentionOutput attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                std::optional<double> scale, AttentionBackend backend, bool want_lse) {
   AttentionBackend b = resolve_attention_backend(q, k, v, backend, causal);
@@ -170,7 +206,11 @@ AttentionOutput attention_impl(const Tensor& q, const Tensor& k, const Tensor& v
              shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
     b = AttentionBackend::Math;
   }
-  if (b == AttentionBackend::Math) return math_attention(q, k, v, causal, s, want_lse);
+  if (b == AttentionBackend::Math) {
+    const bool fused =
+        q.is_cpu() && !g_cpu_math_composite.load() && std::isfinite(s) && q.numel() > 0 && k.numel() > 0;
+    return fused ? cpu_attention(q, k, v, causal, s) : math_attention(q, k, v, causal, s, want_lse);
+  }
   return fused_attention(b, q, k, v, causal, s);
 }
 
@@ -219,6 +259,7 @@ AttentionOutput scaled_dot_product_attention_lse(const Tensor& q, const Tensor& 
 
 void set_deterministic_attention(bool on) { g_deterministic.store(on); }
 
+void detail::set_cpu_math_composite(bool on) { g_cpu_math_composite.store(on); }
 bool deterministic_attention() { return g_deterministic.load(); }
 
 }  // namespace barbell

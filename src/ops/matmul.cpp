@@ -1,6 +1,7 @@
 // matmul (batched, broadcast batch dims, numpy 1-D rules) and linear, with their
 // backward formulas; transposed operands go to BLAS through strides, not copies.
 #include "cpu/cpu.hpp"
+#include "cpu/gemm.hpp"
 #include "ops/common.hpp"
 
 namespace barbell {
@@ -27,8 +28,10 @@ Tensor matmul_nd(const Tensor& a, const Tensor& b) {
   }
   DType dt = a.dtype();
   bool low = dt == DType::BF16 || dt == DType::F16;
-  // 16-bit operands are multiplied in f32 on the CPU, as the GPU accumulates in f32.
-  Tensor aa = low ? a.to(DType::F32) : a, bb = low ? b.to(DType::F32) : b;
+  // 16-bit operands are multiplied in f32 on the CPU, as the GPU accumulates in f32;
+  // bf16 ones go to a bf16 GEMM with f32 products where there is one (oneDNN's).
+  const bool bf16_gemm = dt == DType::BF16 && cpu::bf16_gemm_available();
+  Tensor aa = low && !bf16_gemm ? a.to(DType::F32) : a, bb = low && !bf16_gemm ? b.to(DType::F32) : b;
   if (!cpu::matmul_strides_ok(aa)) aa = aa.contiguous();
   if (!cpu::matmul_strides_ok(bb)) bb = bb.contiguous();
   Tensor c = empty(cs, {low ? DType::F32 : dt, a.device()});

@@ -102,8 +102,9 @@ Tensor tril_mask(int64_t rows, int64_t cols, Device device = Device::cpu());
 //          positive scale.
 //   Cudnn: cuDNN's fused SDPA through its graph API (CUDA, bf16/f16; libcudnn.so.9 is
 //          loaded at first use and need not be present otherwise).
-//   Math:  the plain composition softmax(q k^T * scale [+ mask]) v of the ops above;
-//          any device and float dtype.
+//   Math:  softmax(q k^T * scale [+ mask]) v, any device and float dtype: on the CPU
+//          one fused kernel (tiles with an online softmax, no [B, H, Tq, Tk] tensor;
+//          16-bit inputs in f32), elsewhere the composition of the ops above.
 // An explicitly requested backend that cannot run the inputs throws (naming why); only
 // Auto falls back.
 enum class AttentionBackend { Auto, Flash, Cudnn, Math };
