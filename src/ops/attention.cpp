@@ -190,7 +190,9 @@ AttentionOutput cpu_attention(const Tensor& q_in, const Tensor& k_in, const Tens
         cpu::attention_backward(dq, dk, dv, go, q, k, v, od, lse, causal, s);
         if (dt == cdt) return {dq, dk, dv};
         return {dq.to(dt), dk.to(dt), dv.to(dt)};
-      });
+      },
+      // Each shares its storage with the caller's tensor unless prep() copied it.
+      {{&q, "query"}, {&k, "key"}, {&v, "value"}, {&od, "result"}});
   return r;
 }
 

@@ -96,7 +96,7 @@ const bool kVersions = [] {
        [](const Tensor& x) {
          return bb::cross_entropy(x.view({2, 2}), bb::from_vector<int64_t>({0, 1}, {2}));
        }},
-      {"scaled_dot_product_attention", "q of attention (the math backend's matmul)", false,
+      {"scaled_dot_product_attention", "q of attention (the CPU's fused kernel)", false,
        [](const Tensor& x) {
          Tensor q = x.view({1, 1, 2, 2});
          return bb::scaled_dot_product_attention(q, q, q, true);
@@ -104,7 +104,7 @@ const bool kVersions = [] {
   };
   for (const SavedCase& sc : ops) {
     add(c, fmt::format("{} changed in place before backward()", sc.name), [sc] {
-      const char* op = std::string(sc.op) == "scaled_dot_product_attention" ? "matmul" : sc.op;
+      const char* op = sc.op;
       return refuse(
           [&sc] {
             Tensor x =
