@@ -694,8 +694,19 @@ void write_report() {
   if (!path || !*path) return;
   FILE* f = std::fopen(path, "a");
   if (!f) return;
+  // Which program (and arguments) ran them: /proc/self/cmdline, NULs as spaces, the
+  // program's directory left out.
+  std::string prog;
+  if (FILE* c = std::fopen("/proc/self/cmdline", "rb")) {
+    for (int ch; (ch = std::fgetc(c)) != EOF;) prog.push_back(ch ? static_cast<char>(ch) : ' ');
+    std::fclose(c);
+  }
+  while (!prog.empty() && prog.back() == ' ') prog.pop_back();
+  const size_t first_space = prog.find(' ');
+  const size_t slash = prog.rfind('/', first_space);
+  if (slash != std::string::npos) prog.erase(0, slash + 1);
   for (const auto& [name, k] : kernel_stats())
-    std::fprintf(f, "%s\t%llu launches\t%llu blocks\t%llu threads\n", name.c_str(),
+    std::fprintf(f, "%s\t%s\t%llu launches\t%llu blocks\t%llu threads\n", prog.c_str(), name.c_str(),
                  static_cast<unsigned long long>(k.launches), static_cast<unsigned long long>(k.blocks),
                  static_cast<unsigned long long>(k.threads));
   std::fclose(f);

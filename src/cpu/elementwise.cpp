@@ -173,6 +173,52 @@ void with_activation(UnaryOp op, F&& f) {
 
 }  // namespace
 
+// The vectorised contiguous paths of copy, unary and unary_backward: true when one ran.
+// Function templates, not `if constexpr` inside the loop lambdas: clang checks a call in
+// a nested lambda's discarded branch whose arguments do not depend on the innermost
+// template (bits(o) with o a float*), which GCC leaves alone.
+template <typename D, typename S>
+bool copy_fast(D* o, const S* x, int64_t n) {
+  if constexpr (std::is_same_v<D, BFloat16> && std::is_same_v<S, float>) {
+    vec().f32_to_bf16(bits(o), x, n);
+    return true;
+  } else if constexpr (std::is_same_v<D, float> && std::is_same_v<S, BFloat16>) {
+    vec().bf16_to_f32(o, bits(x), n);
+    return true;
+  }
+  return false;
+}
+
+template <UnaryOp OP, typename T>
+bool unary_fast(T* o, const T* in, int64_t n) {
+  if constexpr (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu) {
+    const auto fn = OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh;
+    if constexpr (std::is_same_v<T, float>) {
+      fn(o, in, n);
+      return true;
+    } else if constexpr (std::is_same_v<T, BFloat16>) {
+      bf16_map1(o, in, n, fn);
+      return true;
+    }
+  }
+  return false;
+}
+
+template <UnaryOp OP, typename T>
+bool unary_grad_fast(T* o, const T* g, const T* in, int64_t n) {
+  if constexpr (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu) {
+    const auto fn = OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad;
+    if constexpr (std::is_same_v<T, float>) {
+      fn(o, g, in, n);
+      return true;
+    } else if constexpr (std::is_same_v<T, BFloat16>) {
+      bf16_map2(o, g, in, n, false, fn);
+      return true;
+    }
+  }
+  return false;
+}
+
 void copy(const Tensor& dst, const Tensor& src) {
   Shape st_src = bcast_strides(src, dst.shape());
   auto plan = make_plan<2>(dst.shape(), {dst.strides(), st_src});
@@ -185,12 +231,7 @@ void copy(const Tensor& dst, const Tensor& src) {
       run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
         D* o = d + off[0];
         const S* x = s + off[1];
-        if constexpr (std::is_same_v<D, BFloat16> && std::is_same_v<S, float>) {
-          if (st[0] == 1 && st[1] == 1) return vec().f32_to_bf16(bits(o), x, n);
-        }
-        if constexpr (std::is_same_v<D, float> && std::is_same_v<S, BFloat16>) {
-          if (st[0] == 1 && st[1] == 1) return vec().bf16_to_f32(o, bits(x), n);
-        }
+        if (st[0] == 1 && st[1] == 1 && copy_fast(o, x, n)) return;
         if (st[0] == 1 && st[1] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = convert<D>(x[i]);
         } else {
@@ -291,14 +332,7 @@ void unary(UnaryOp op, const Tensor& out, const Tensor& x, double scalar) {
         run_plan(plan, [&](int64_t n, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& st) {
           T* o = po + off[0];
           const T* in = px + off[1];
-          if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
-            if (st[0] == 1 && st[1] == 1)
-              return (OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh)(o, in, n);
-          }
-          if constexpr (std::is_same_v<T, BFloat16> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
-            if (st[0] == 1 && st[1] == 1)
-              return bf16_map1(o, in, n, OP == UnaryOp::Silu ? vec().silu : vec().gelu_tanh);
-          }
+          if (st[0] == 1 && st[1] == 1 && unary_fast<OP>(o, in, n)) return;
           if (st[0] == 1 && st[1] == 1) {
             for (int64_t i = 0; i < n; ++i) o[i] = convert<T>(apply_unary<A>(OP, A(in[i]), s));
           } else {
@@ -324,15 +358,7 @@ void unary_backward(UnaryOp op, const Tensor& dx, const Tensor& dy, const Tensor
         T* o = pdx + off[0];
         const T* g = pdy + off[1];
         const T* in = px + off[2];
-        if constexpr (std::is_same_v<T, float> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
-          if (st[0] == 1 && st[1] == 1 && st[2] == 1)
-            return (OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad)(o, g, in, n);
-        }
-        if constexpr (std::is_same_v<T, BFloat16> && (OP == UnaryOp::GeluTanh || OP == UnaryOp::Silu)) {
-          if (st[0] == 1 && st[1] == 1 && st[2] == 1)
-            return bf16_map2(o, g, in, n, false,
-                             OP == UnaryOp::Silu ? vec().silu_grad : vec().gelu_tanh_grad);
-        }
+        if (st[0] == 1 && st[1] == 1 && st[2] == 1 && unary_grad_fast<OP>(o, g, in, n)) return;
         if (st[0] == 1 && st[1] == 1 && st[2] == 1) {
           for (int64_t i = 0; i < n; ++i) o[i] = T(A(g[i]) * unary_grad<A>(OP, A(in[i])));
         } else {
